@@ -1,0 +1,442 @@
+//! Bucket actors: each one alone owns a share of the node's connections
+//! (key -> member) and their rooms (room -> members). A key hashes to one
+//! bucket; pushes reach a bucket as commands and are queued into the members'
+//! outboxes without ever waiting on a socket.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
+
+use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{Delivery, Metrics};
+use crate::outbox::{Outbox, Rejected};
+
+/// A connection key, as logic gave it.
+pub(crate) type Key = Arc<str>;
+/// A room id, `type://id`.
+pub(crate) type RoomId = Arc<str>;
+
+/// Commands a bucket can queue before senders wait.
+const MAILBOX: usize = 1024;
+
+/// One authenticated connection, as its bucket knows it.
+#[derive(Debug)]
+pub(crate) struct Member {
+    /// Unique per connection, so a stale unregister (after a same-key kick)
+    /// never removes the newer connection.
+    pub(crate) id: u64,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) room: Option<RoomId>,
+    /// Business ops this connection wants from `Broadcast` (and from key
+    /// pushes that name an op).
+    pub(crate) accepts: Vec<u32>,
+}
+
+impl Member {
+    fn accepts(&self, filter: Option<u32>) -> bool {
+        filter.is_none_or(|op| self.accepts.contains(&op))
+    }
+}
+
+/// The bucket task is gone: only when the node is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("bucket actor stopped")]
+pub(crate) struct BucketGone;
+
+enum Command {
+    Register {
+        key: Key,
+        member: Member,
+        done: oneshot::Sender<()>,
+    },
+    Unregister {
+        key: Key,
+        id: u64,
+    },
+    ChangeRoom {
+        key: Key,
+        id: u64,
+        room: Option<RoomId>,
+    },
+    Watch {
+        key: Key,
+        id: u64,
+        ops: Vec<u32>,
+        watch: bool,
+    },
+    PushKeys {
+        keys: Vec<Key>,
+        packet: EncodedPacket,
+        filter: Option<u32>,
+    },
+    PushRoom {
+        room: RoomId,
+        packet: EncodedPacket,
+    },
+    Broadcast {
+        packet: EncodedPacket,
+        filter: Option<u32>,
+    },
+    Select {
+        filter: Option<u32>,
+        reply: oneshot::Sender<Vec<Arc<Outbox>>>,
+    },
+    RoomCounts {
+        reply: oneshot::Sender<HashMap<RoomId, usize>>,
+    },
+    CloseAll {
+        body: CloseBody,
+        done: oneshot::Sender<usize>,
+    },
+}
+
+struct Bucket {
+    members: HashMap<Key, Member>,
+    rooms: HashMap<RoomId, HashMap<u64, Arc<Outbox>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Bucket {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        while let Some(command) = commands.recv().await {
+            self.handle(command);
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Register { key, member, done } => {
+                self.register(key, member);
+                let _ = done.send(());
+            }
+            Command::Unregister { key, id } => {
+                if self.members.get(&key).is_some_and(|m| m.id == id)
+                    && let Some(member) = self.members.remove(&key)
+                {
+                    self.leave_room(&member);
+                }
+            }
+            Command::ChangeRoom { key, id, room } => {
+                let Some(mut member) = self.members.remove(&key) else {
+                    return;
+                };
+                if member.id == id {
+                    self.leave_room(&member);
+                    member.room = room;
+                    self.join_room(&member);
+                }
+                self.members.insert(key, member);
+            }
+            Command::Watch {
+                key,
+                id,
+                ops,
+                watch,
+            } => {
+                if let Some(member) = self.members.get_mut(&key).filter(|m| m.id == id) {
+                    if watch {
+                        for op in ops {
+                            if !member.accepts.contains(&op) {
+                                member.accepts.push(op);
+                            }
+                        }
+                    } else {
+                        member.accepts.retain(|op| !ops.contains(op));
+                    }
+                }
+            }
+            Command::PushKeys {
+                keys,
+                packet,
+                filter,
+            } => {
+                let targets = keys
+                    .iter()
+                    .filter_map(|key| self.members.get(key))
+                    .filter(|m| m.accepts(filter))
+                    .map(|m| &m.outbox);
+                let sent = deliver(targets, &packet);
+                self.metrics.delivered(Delivery::Key, sent);
+            }
+            Command::PushRoom { room, packet } => {
+                if let Some(members) = self.rooms.get(&room) {
+                    let sent = deliver(members.values(), &packet);
+                    self.metrics.delivered(Delivery::Room, sent);
+                }
+            }
+            Command::Broadcast { packet, filter } => {
+                let targets = self
+                    .members
+                    .values()
+                    .filter(|m| m.accepts(filter))
+                    .map(|m| &m.outbox);
+                let sent = deliver(targets, &packet);
+                self.metrics.delivered(Delivery::Broadcast, sent);
+            }
+            Command::Select { filter, reply } => {
+                let outboxes = self
+                    .members
+                    .values()
+                    .filter(|m| m.accepts(filter))
+                    .map(|m| m.outbox.clone())
+                    .collect();
+                let _ = reply.send(outboxes);
+            }
+            Command::RoomCounts { reply } => {
+                let counts = self
+                    .rooms
+                    .iter()
+                    .map(|(room, members)| (room.clone(), members.len()))
+                    .collect();
+                let _ = reply.send(counts);
+            }
+            Command::CloseAll { body, done } => {
+                for member in self.members.values() {
+                    member.outbox.close(body.clone());
+                }
+                let _ = done.send(self.members.len());
+            }
+        }
+    }
+
+    /// Adds a member; an older connection with the same key is kicked.
+    fn register(&mut self, key: Key, member: Member) {
+        self.join_room(&member);
+        if let Some(old) = self.members.insert(key, member) {
+            self.leave_room(&old);
+            old.outbox.close(CloseBody::new(
+                CloseReason::Kicked,
+                Some("a newer connection logged in with the same key"),
+            ));
+        }
+    }
+
+    fn join_room(&mut self, member: &Member) {
+        if let Some(room) = &member.room {
+            self.rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(member.id, member.outbox.clone());
+        }
+    }
+
+    fn leave_room(&mut self, member: &Member) {
+        let Some(room) = &member.room else { return };
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(&member.id);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+}
+
+/// Queues one shared packet into each outbox; returns how many took it.
+/// A full outbox closes its connection (slow consumer) and is skipped.
+pub(crate) fn deliver<'a>(
+    targets: impl IntoIterator<Item = &'a Arc<Outbox>>,
+    packet: &EncodedPacket,
+) -> u64 {
+    let mut sent = 0;
+    for outbox in targets {
+        match outbox.push(packet.clone()) {
+            Ok(()) => sent += 1,
+            Err(Rejected::Overflow | Rejected::Closed) => {}
+        }
+    }
+    sent
+}
+
+/// The typed handle of one bucket actor. Dropping the last one ends it.
+#[derive(Clone, Debug)]
+pub(crate) struct BucketHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl BucketHandle {
+    async fn send(&self, command: Command) -> Result<(), BucketGone> {
+        self.tx.send(command).await.map_err(|_| BucketGone)
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, BucketGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(command(tx)).await?;
+        rx.await.map_err(|_| BucketGone)
+    }
+
+    /// Adds a connection; returns once pushes can reach it.
+    pub(crate) async fn register(&self, key: Key, member: Member) -> Result<(), BucketGone> {
+        self.ask(|done| Command::Register { key, member, done })
+            .await
+    }
+
+    pub(crate) async fn unregister(&self, key: Key, id: u64) -> Result<(), BucketGone> {
+        self.send(Command::Unregister { key, id }).await
+    }
+
+    pub(crate) async fn change_room(
+        &self,
+        key: Key,
+        id: u64,
+        room: Option<RoomId>,
+    ) -> Result<(), BucketGone> {
+        self.send(Command::ChangeRoom { key, id, room }).await
+    }
+
+    pub(crate) async fn watch(
+        &self,
+        key: Key,
+        id: u64,
+        ops: Vec<u32>,
+        watch: bool,
+    ) -> Result<(), BucketGone> {
+        self.send(Command::Watch {
+            key,
+            id,
+            ops,
+            watch,
+        })
+        .await
+    }
+}
+
+/// All bucket actors of a node, and which key lives in which.
+#[derive(Debug)]
+pub(crate) struct Buckets {
+    handles: Vec<BucketHandle>,
+    hasher: BuildHasherDefault<DefaultHasher>,
+}
+
+impl Buckets {
+    /// Starts `count` bucket actors.
+    pub(crate) fn spawn(count: usize, metrics: &Arc<Metrics>) -> Buckets {
+        let handles = (0..count.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(MAILBOX);
+                let bucket = Bucket {
+                    members: HashMap::new(),
+                    rooms: HashMap::new(),
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(bucket.run(rx));
+                BucketHandle { tx }
+            })
+            .collect();
+        Buckets {
+            handles,
+            hasher: BuildHasherDefault::default(),
+        }
+    }
+
+    fn index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) % self.handles.len() as u64) as usize
+    }
+
+    /// The bucket that owns `key`.
+    pub(crate) fn for_key(&self, key: &str) -> &BucketHandle {
+        &self.handles[self.index(key)]
+    }
+
+    /// Pushes `packet` to these keys: one command per bucket concerned.
+    pub(crate) async fn push_keys(
+        &self,
+        keys: impl IntoIterator<Item = Key>,
+        packet: &EncodedPacket,
+        filter: Option<u32>,
+    ) -> Result<(), BucketGone> {
+        let mut by_bucket: Vec<Vec<Key>> = vec![Vec::new(); self.handles.len()];
+        for key in keys {
+            by_bucket[self.index(&key)].push(key);
+        }
+        for (handle, keys) in self.handles.iter().zip(by_bucket) {
+            if !keys.is_empty() {
+                handle
+                    .send(Command::PushKeys {
+                        keys,
+                        packet: packet.clone(),
+                        filter,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes `packet` to every member of `room`.
+    pub(crate) async fn push_room(
+        &self,
+        room: RoomId,
+        packet: &EncodedPacket,
+    ) -> Result<(), BucketGone> {
+        for handle in &self.handles {
+            handle
+                .send(Command::PushRoom {
+                    room: room.clone(),
+                    packet: packet.clone(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes `packet` to every connection that accepts `filter` (all, if none).
+    pub(crate) async fn broadcast(
+        &self,
+        packet: &EncodedPacket,
+        filter: Option<u32>,
+    ) -> Result<(), BucketGone> {
+        for handle in &self.handles {
+            handle
+                .send(Command::Broadcast {
+                    packet: packet.clone(),
+                    filter,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The outboxes of every connection that accepts `filter`, for a paced
+    /// broadcast that must not hold the buckets while it runs.
+    pub(crate) async fn select(&self, filter: Option<u32>) -> Result<Vec<Arc<Outbox>>, BucketGone> {
+        let mut all = Vec::new();
+        for handle in &self.handles {
+            all.extend(
+                handle
+                    .ask(|reply| Command::Select { filter, reply })
+                    .await?,
+            );
+        }
+        Ok(all)
+    }
+
+    /// Members per room on this node.
+    pub(crate) async fn room_counts(&self) -> Result<HashMap<RoomId, usize>, BucketGone> {
+        let mut total: HashMap<RoomId, usize> = HashMap::new();
+        for handle in &self.handles {
+            for (room, count) in handle.ask(|reply| Command::RoomCounts { reply }).await? {
+                *total.entry(room).or_default() += count;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Asks every connection to close with `body`; returns how many were asked.
+    pub(crate) async fn close_all(&self, body: &CloseBody) -> Result<usize, BucketGone> {
+        let mut total = 0;
+        for handle in &self.handles {
+            total += handle
+                .ask(|done| Command::CloseAll {
+                    body: body.clone(),
+                    done,
+                })
+                .await?;
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,165 @@
+//! The cloud node's client of the logic nodes: every call has a deadline and
+//! is balanced over the configured logic nodes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use imcloud_proto::cloud::Proto;
+use imcloud_proto::logic::logic_client::LogicClient;
+use imcloud_proto::logic::{
+    ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq,
+};
+use imcloud_protocol::Packet;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// A logic address that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("logic address {addr:?}: {source}")]
+pub struct BadLogicAddr {
+    addr: String,
+    source: tonic::transport::Error,
+}
+
+/// Why logic did not authenticate a client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    /// Logic refused the token.
+    #[error("{0}")]
+    Refused(String),
+    /// Logic could not be asked (down, overloaded, too slow).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Logic {
+    client: LogicClient<Channel>,
+    server_id: String,
+    timeout: Duration,
+}
+
+impl Logic {
+    /// A client balanced over `addrs`. Connections are made lazily, so a
+    /// logic node that starts after this cloud node is found when it comes up.
+    pub(crate) fn new(
+        addrs: &[String],
+        server_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, BadLogicAddr> {
+        let endpoints = addrs
+            .iter()
+            .map(|addr| {
+                let uri = if addr.contains("://") {
+                    addr.clone()
+                } else {
+                    format!("http://{addr}")
+                };
+                Endpoint::from_shared(uri)
+                    .map(|endpoint| endpoint.connect_timeout(timeout).tcp_nodelay(true))
+                    .map_err(|source| BadLogicAddr {
+                        addr: addr.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Logic {
+            client: LogicClient::new(Channel::balance_list(endpoints.into_iter())),
+            server_id: server_id.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Runs one call under the deadline; a missed deadline is `DeadlineExceeded`.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "logic did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Verifies a client's token; logic opens its session.
+    pub(crate) async fn connect(
+        &self,
+        token: Bytes,
+        cookie: String,
+    ) -> Result<ConnectReply, AuthError> {
+        let request = ConnectReq {
+            server: self.server_id.clone(),
+            cookie,
+            token: token.to_vec(),
+        };
+        self.call(self.client.clone().connect(request))
+            .await
+            .map_err(|status| match status.code() {
+                Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
+                code => AuthError::Unavailable(format!("logic: {code:?}: {}", status.message())),
+            })
+    }
+
+    /// Closes a client's session.
+    pub(crate) async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let request = DisconnectReq {
+            mid,
+            key: key.to_owned(),
+            server: self.server_id.clone(),
+        };
+        self.call(self.client.clone().disconnect(request))
+            .await
+            .map(drop)
+    }
+
+    /// Renews a client's session.
+    pub(crate) async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let request = HeartbeatReq {
+            mid,
+            key: key.to_owned(),
+            server: self.server_id.clone(),
+        };
+        self.call(self.client.clone().heartbeat(request))
+            .await
+            .map(drop)
+    }
+
+    /// Hands a client message (op 4) to logic.
+    pub(crate) async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status> {
+        let request = ReceiveReq {
+            mid,
+            proto: Some(Proto {
+                ver: i32::from(packet.ver),
+                op: packet.op.0 as i32,
+                seq: packet.seq as i32,
+                body: packet.body.to_vec(),
+            }),
+        };
+        self.call(self.client.clone().receive(request))
+            .await
+            .map(drop)
+    }
+
+    /// Reports this node's room counts; returns the cluster totals.
+    pub(crate) async fn renew_online(
+        &self,
+        room_count: HashMap<String, i32>,
+    ) -> Result<HashMap<String, i32>, Status> {
+        let request = OnlineReq {
+            server: self.server_id.clone(),
+            room_count,
+        };
+        self.call(self.client.clone().renew_online(request))
+            .await
+            .map(|reply| reply.all_room_count)
+    }
+}

@@ -1,0 +1,186 @@
+//! A connection's bounded send queue, shared by the bucket that fills it and
+//! the connection task that drains it.
+//!
+//! Pushes never wait: a full queue closes the connection as a slow consumer,
+//! so one slow socket can never stall a room broadcast. Closing (kicked,
+//! draining, slow) goes through the same queue, so the connection task sees
+//! everything queued before the close and then the reason, in that order.
+//!
+//! A `Mutex<VecDeque>` rather than a tokio channel: an idle connection's
+//! queue allocates nothing, where a bounded mpsc allocates a block of slots
+//! up front, and that matters at 10,000s of idle connections per node.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use imcloud_protocol::{CloseBody, EncodedPacket};
+use tokio::sync::Notify;
+
+/// Why a push was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    /// The queue was full: this push closed the connection as a slow consumer.
+    Overflow,
+    /// The connection was already closing.
+    Closed,
+}
+
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    changed: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<EncodedPacket>,
+    close: Option<CloseBody>,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections cannot panic midway; a poisoned lock still
+        // holds a consistent queue.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a packet without waiting. On overflow the queue is closed with
+    /// `slow consumer` and every later push is refused.
+    pub(crate) fn push(&self, packet: EncodedPacket) -> Result<(), Rejected> {
+        {
+            let mut state = self.lock();
+            if state.close.is_some() {
+                return Err(Rejected::Closed);
+            }
+            if state.queue.len() >= self.capacity {
+                let detail = format!("send queue of {} packets is full", self.capacity);
+                state.close = Some(CloseBody::new(
+                    imcloud_protocol::CloseReason::SlowConsumer,
+                    Some(&detail),
+                ));
+                drop(state);
+                self.changed.notify_waiters();
+                return Err(Rejected::Overflow);
+            }
+            state.queue.push_back(packet);
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Asks the connection to close with `body` after what is already queued.
+    /// The first close wins; returns whether this one did.
+    pub(crate) fn close(&self, body: CloseBody) -> bool {
+        let first = {
+            let mut state = self.lock();
+            let first = state.close.is_none();
+            if first {
+                state.close = Some(body);
+            }
+            first
+        };
+        if first {
+            self.changed.notify_waiters();
+        }
+        first
+    }
+
+    /// Moves every queued packet into `out` and returns the close, if one
+    /// was asked for.
+    pub(crate) fn drain(&self, out: &mut Vec<EncodedPacket>) -> Option<CloseBody> {
+        let mut state = self.lock();
+        out.extend(state.queue.drain(..));
+        if state.queue.capacity() > 4 * self.capacity.min(64) {
+            // A burst grew the queue; give the memory back while idle.
+            state.queue.shrink_to_fit();
+        }
+        state.close.clone()
+    }
+
+    /// Waits until there is something to drain: a packet or a close.
+    pub(crate) async fn ready(&self) {
+        self.wait(|state| !state.queue.is_empty() || state.close.is_some())
+            .await
+    }
+
+    async fn wait(&self, done: impl Fn(&State) -> bool) {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            // Register before checking, so a change between the check and
+            // the await still wakes us.
+            changed.as_mut().enable();
+            if done(&self.lock()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imcloud_protocol::{CloseReason, Op, Packet};
+    use std::sync::Arc;
+
+    fn packet(n: u32) -> EncodedPacket {
+        Packet::new(Op(1000), n, Vec::new())
+            .encode()
+            .expect("encode")
+    }
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_and_keeps_what_was_queued() {
+        let outbox = Outbox::new(2);
+        assert_eq!(outbox.push(packet(1)), Ok(()));
+        assert_eq!(outbox.push(packet(2)), Ok(()));
+        assert_eq!(outbox.push(packet(3)), Err(Rejected::Overflow));
+        assert_eq!(outbox.push(packet(4)), Err(Rejected::Closed));
+        let mut out = Vec::new();
+        let close = outbox.drain(&mut out).expect("closed");
+        assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(out, vec![packet(1), packet(2)]);
+    }
+
+    #[test]
+    fn first_close_wins() {
+        let outbox = Outbox::new(2);
+        assert!(outbox.close(CloseBody::new(CloseReason::Kicked, None)));
+        assert!(!outbox.close(CloseBody::new(CloseReason::Draining, None)));
+        let close = outbox.drain(&mut Vec::new()).expect("closed");
+        assert_eq!(close.close_reason(), Some(CloseReason::Kicked));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_wakes_on_push_and_on_close() {
+        let outbox = Arc::new(Outbox::new(4));
+        let reader = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                let mut out = Vec::new();
+                loop {
+                    outbox.ready().await;
+                    if outbox.drain(&mut out).is_some() {
+                        return out;
+                    }
+                }
+            }
+        });
+        outbox.push(packet(7)).expect("push");
+        outbox.close(CloseBody::new(CloseReason::Draining, None));
+        // The reader finishes once it sees the close, having drained the
+        // packet queued before it.
+        assert_eq!(reader.await.expect("reader"), vec![packet(7)]);
+        assert_eq!(outbox.push(packet(8)), Err(Rejected::Closed));
+    }
+}

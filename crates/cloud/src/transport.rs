@@ -1,0 +1,136 @@
+//! What a connection reads packets from and writes packets to: TCP and
+//! WebSocket behind one trait, so the connection's life is written once.
+
+use std::future::Future;
+
+use bytes::BytesMut;
+use imcloud_protocol::{EncodedPacket, Packet, PacketCodec, ProtocolError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+/// Why reading or writing a client failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransportError {
+    /// The client sent bytes that are not a valid packet.
+    #[error(transparent)]
+    Packet(ProtocolError),
+    /// A WebSocket client sent a text frame; packets travel in binary frames.
+    #[error("text frames are not accepted: send packets in binary frames")]
+    TextFrame,
+    /// A WebSocket client broke RFC 6455 or sent an oversized frame.
+    #[error("websocket: {0}")]
+    WebSocket(String),
+    /// The socket failed or the peer went away.
+    #[error("connection lost: {0}")]
+    Io(std::io::Error),
+}
+
+impl TransportError {
+    /// Whether the client broke the protocol (and should be told so with op
+    /// 6), as opposed to the connection simply failing.
+    pub(crate) fn is_violation(&self) -> bool {
+        !matches!(self, TransportError::Io(_))
+    }
+}
+
+impl From<ProtocolError> for TransportError {
+    fn from(err: ProtocolError) -> Self {
+        match err {
+            ProtocolError::Io(err) => TransportError::Io(err),
+            other => TransportError::Packet(other),
+        }
+    }
+}
+
+/// A client connection's packet I/O. Both futures are cancel-safe: the
+/// connection's loop drops `recv` whenever something else is ready first.
+pub(crate) trait Transport: Send + 'static {
+    /// `"tcp"` or `"ws"`, for logs and metrics.
+    const NAME: &'static str;
+
+    /// The next packet; `None` when the client closed cleanly.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Packet, TransportError>>> + Send;
+
+    /// Writes the packets in order, in as few writes as the transport allows.
+    fn send(
+        &mut self,
+        packets: &[EncodedPacket],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Closes the connection politely (WebSocket close frame, TCP FIN).
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Bytes read at a time. Client traffic is heartbeats and small messages, so
+/// a small buffer keeps idle connections cheap; the codec grows it for one
+/// large packet and it is given back once that packet is decoded.
+const TCP_READ_CHUNK: usize = 256;
+
+/// Packets back to back on a TCP stream.
+pub(crate) struct TcpTransport {
+    stream: TcpStream,
+    codec: PacketCodec,
+    read_buf: BytesMut,
+}
+
+impl TcpTransport {
+    pub(crate) fn new(stream: TcpStream, max_body: usize) -> Self {
+        TcpTransport {
+            stream,
+            codec: PacketCodec::new(max_body),
+            read_buf: BytesMut::new(),
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    const NAME: &'static str = "tcp";
+
+    async fn recv(&mut self) -> Option<Result<Packet, TransportError>> {
+        loop {
+            match self.codec.decode(&mut self.read_buf) {
+                Ok(Some(packet)) => return Some(Ok(packet)),
+                Ok(None) => {}
+                Err(err) => return Some(Err(err.into())),
+            }
+            if self.read_buf.is_empty() && self.read_buf.capacity() > 4 * TCP_READ_CHUNK {
+                // One big packet grew the buffer: don't keep it while idle.
+                self.read_buf = BytesMut::new();
+            }
+            self.read_buf.reserve(TCP_READ_CHUNK);
+            match self.stream.read_buf(&mut self.read_buf).await {
+                Ok(0) => {
+                    return match self.codec.decode_eof(&mut self.read_buf) {
+                        Ok(None) => None,
+                        Ok(Some(packet)) => Some(Ok(packet)),
+                        Err(err) => Some(Err(err.into())),
+                    };
+                }
+                Ok(_) => {}
+                Err(err) => return Some(Err(TransportError::Io(err))),
+            }
+        }
+    }
+
+    async fn send(&mut self, packets: &[EncodedPacket]) -> Result<(), TransportError> {
+        // One packet (the common case of a push) goes out from the shared
+        // buffer without a copy; several are gathered into one write.
+        let result = match packets {
+            [] => Ok(()),
+            [one] => self.stream.write_all(one.as_bytes()).await,
+            many => {
+                let mut buf = Vec::with_capacity(many.iter().map(EncodedPacket::len).sum());
+                for packet in many {
+                    buf.extend_from_slice(packet.as_bytes());
+                }
+                self.stream.write_all(&buf).await
+            }
+        };
+        result.map_err(TransportError::Io)
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -157,3 +157,60 @@ impl Transport for WsTransport {
         let _ = self.ws.close(None).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imcloud_protocol::{BatchIter, Op};
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn queued_packets_leave_as_one_batch_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/sub", listener.local_addr().expect("addr"));
+        let client = tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let mut frames = Vec::new();
+            while let Some(Ok(Message::Binary(frame))) = ws.next().await {
+                frames.push(frame);
+            }
+            frames
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let config = CloudConfig {
+            max_batch_bytes: 100,
+            ..CloudConfig::default()
+        };
+        let mut upgrade = accept(stream, &config).await.expect("upgrade");
+        let packets: Vec<EncodedPacket> = (0..4)
+            .map(|seq| {
+                Packet::new(Op(1000), seq, vec![0u8; 20])
+                    .encode()
+                    .expect("encode")
+            })
+            .collect();
+        upgrade.transport.send(&packets[..1]).await.expect("one");
+        // Three 36-byte packets: two fit a 100-byte batch, the third starts another.
+        upgrade.transport.send(&packets[1..]).await.expect("three");
+        upgrade.transport.shutdown().await;
+
+        let frames = client.await.expect("client");
+        assert_eq!(frames.len(), 3);
+        assert_eq!(
+            &frames[0][..],
+            &packets[0].as_bytes()[..],
+            "one packet goes unbatched"
+        );
+        let mut seqs = Vec::new();
+        for frame in &frames[1..] {
+            let outer = Packet::from_frame(frame.clone(), 1 << 20).expect("frame");
+            assert_eq!(outer.op, Op::BATCH);
+            for inner in BatchIter::new(outer.body, 1 << 20) {
+                seqs.push(inner.expect("inner").seq);
+            }
+        }
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+}

@@ -9,5 +9,8 @@ fn config_cloud_toml_is_the_defaults_written_out() {
     let parsed: CloudConfig = toml::from_str(&text).expect("parses");
     parsed.validate().expect("valid");
     // Every documented value is the real default: the file cannot drift.
-    assert_eq!(format!("{parsed:?}"), format!("{:?}", CloudConfig::default()));
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", CloudConfig::default())
+    );
 }

@@ -485,3 +485,20 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_the_room_still_gets_e
     assert!(expected < count, "the sleeper fell behind");
     assert_eq!(node.cloud().metrics().closes(CloseReason::SlowConsumer), 1);
 }
+
+#[tokio::test]
+async fn a_full_node_refuses_more_clients_with_a_reason() {
+    let logic = LogicNode::start().await;
+    let mut config = test_config(logic.addr);
+    config.max_connections = 1;
+    let node = CloudNode::start(config).await;
+    let mut first = connect(&node, Transport::Tcp).await;
+    first.auth(token(1, "first", "", &[])).await.expect("auth");
+    for transport in BOTH {
+        let mut extra = connect(&node, transport).await;
+        let body = extra.closed().await.expect("op 6");
+        assert_eq!(body.close_reason(), Some(CloseReason::ConnectionLimit));
+        assert!(body.reconnect, "come back later");
+    }
+    assert_eq!(first.heartbeat().await.expect("still served"), 0);
+}

@@ -271,3 +271,23 @@ async fn close_drains_every_client_and_stops_the_node() {
         "no longer accepting"
     );
 }
+
+/// What SIGINT/SIGTERM do in the binary: cancel the shutdown token. The
+/// node drains exactly as for `Close`.
+#[tokio::test]
+async fn cancelling_the_shutdown_token_drains_like_close() {
+    let logic = LogicNode::start().await;
+    let mut node = CloudNode::start(test_config(logic.addr)).await;
+    let mut all = clients(&node, 2, |_| String::new(), &[]).await;
+    node.shutdown.cancel();
+    for client in &mut all {
+        let body = client.closed().await.expect("op 6");
+        assert_eq!(body.close_reason(), Some(CloseReason::Draining));
+    }
+    node.cloud
+        .take()
+        .expect("running")
+        .wait()
+        .await
+        .expect("stops cleanly");
+}

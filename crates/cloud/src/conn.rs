@@ -227,8 +227,8 @@ impl Session {
         let deadline = sleep(idle);
         tokio::pin!(deadline);
         loop {
+            // Unbiased: a busy outbox must not starve the client's packets.
             tokio::select! {
-                biased;
                 () = self.node.cut.cancelled() => {
                     return End::Abort(CloseBody::new(CloseReason::Draining, Some("drain grace ran out")));
                 }

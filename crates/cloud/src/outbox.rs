@@ -17,6 +17,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use imcloud_protocol::{CloseBody, EncodedPacket};
 use tokio::sync::Notify;
 
+/// Queue capacity (in packets) kept after a drain; more is freed.
+const SHRINK_ABOVE: usize = 32;
+
 /// Why a push was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Rejected {
@@ -100,8 +103,9 @@ impl Outbox {
     pub(crate) fn drain(&self, out: &mut Vec<EncodedPacket>) -> Option<CloseBody> {
         let mut state = self.lock();
         out.extend(state.queue.drain(..));
-        if state.queue.capacity() > 4 * self.capacity.min(64) {
-            // A burst grew the queue; give the memory back while idle.
+        if state.queue.capacity() > SHRINK_ABOVE {
+            // A burst grew the queue; the queue is empty now, so give the
+            // memory back rather than hold it while the connection idles.
             state.queue.shrink_to_fit();
         }
         state.close.clone()

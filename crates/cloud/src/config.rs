@@ -37,8 +37,8 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024;
 pub struct CloudConfig {
     /// This node's id, as logic records it in sessions. Unique in the cluster.
     pub server_id: String,
-    /// Logic nodes' gRPC addresses (`host:port` or `http://host:port`);
-    /// calls are balanced over them.
+    /// Logic nodes' gRPC addresses (`host:port` or `http://host:port`) for
+    /// static discovery; calls are balanced over them.
     pub logic_addrs: Vec<String>,
     /// Client -> server packet body limit, in bytes.
     pub max_body: usize,
@@ -118,9 +118,6 @@ impl CloudConfig {
         let invalid = |field, problem| Err(ConfigError::Invalid { field, problem });
         if self.server_id.trim().is_empty() {
             return invalid("server_id", "must not be empty");
-        }
-        if self.logic_addrs.is_empty() {
-            return invalid("logic_addrs", "must name at least one logic node");
         }
         if self.max_body == 0 {
             return invalid("max_body", "must be at least 1");

@@ -1,19 +1,23 @@
 //! The cloud node's client of the logic nodes: every call has a deadline and
 //! is balanced over the configured logic nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::Proto;
 use imcloud_proto::logic::logic_client::LogicClient;
 use imcloud_proto::logic::{
     ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq,
 };
 use imcloud_protocol::Packet;
+use tokio::sync::watch;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tracing::warn;
 
 /// A logic address that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -41,35 +45,62 @@ pub(crate) struct Logic {
     timeout: Duration,
 }
 
+/// The gRPC endpoint of a logic address (`host:port` or a URI).
+pub(crate) fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, BadLogicAddr> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(uri)
+        .map(|endpoint| endpoint.connect_timeout(timeout).tcp_nodelay(true))
+        .map_err(|source| BadLogicAddr {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
 impl Logic {
-    /// A client balanced over `addrs`. Connections are made lazily, so a
-    /// logic node that starts after this cloud node is found when it comes up.
+    /// A client balanced over the logic nodes discovery reports, following
+    /// the set as it changes: endpoints are added and removed without
+    /// dropping calls in flight. Connections are made lazily, so a logic
+    /// node that starts after this cloud node is found when it comes up.
     pub(crate) fn new(
-        addrs: &[String],
+        mut nodes: watch::Receiver<Vec<ServiceNode>>,
         server_id: &str,
         timeout: Duration,
-    ) -> Result<Self, BadLogicAddr> {
-        let endpoints = addrs
-            .iter()
-            .map(|addr| {
-                let uri = if addr.contains("://") {
-                    addr.clone()
-                } else {
-                    format!("http://{addr}")
-                };
-                Endpoint::from_shared(uri)
-                    .map(|endpoint| endpoint.connect_timeout(timeout).tcp_nodelay(true))
-                    .map_err(|source| BadLogicAddr {
-                        addr: addr.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Logic {
-            client: LogicClient::new(Channel::balance_list(endpoints.into_iter())),
+    ) -> Self {
+        let (channel, changes) = Channel::balance_channel::<String>(16);
+        tokio::spawn(async move {
+            let mut current: HashSet<String> = HashSet::new();
+            loop {
+                let wanted: HashSet<String> = nodes
+                    .borrow_and_update()
+                    .iter()
+                    .map(|n| n.grpc.clone())
+                    .collect();
+                for gone in current.difference(&wanted) {
+                    let _ = changes.send(Change::Remove(gone.clone())).await;
+                }
+                for new in wanted.difference(&current) {
+                    match endpoint(new, timeout) {
+                        Ok(endpoint) => {
+                            let _ = changes.send(Change::Insert(new.clone(), endpoint)).await;
+                        }
+                        Err(err) => warn!(error = %err, "ignoring logic node"),
+                    }
+                }
+                current = wanted;
+                if nodes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Logic {
+            client: LogicClient::new(channel),
             server_id: server_id.to_owned(),
             timeout,
-        })
+        }
     }
 
     /// Runs one call under the deadline; a missed deadline is `DeadlineExceeded`.

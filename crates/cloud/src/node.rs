@@ -14,10 +14,11 @@ use tracing::{info, warn};
 use crate::bucket::Buckets;
 use crate::config::{CloudConfig, ConfigError};
 use crate::listener::{Kind, accept_loop};
-use crate::logic::{BadLogicAddr, Logic};
+use crate::logic::{self, BadLogicAddr, Logic};
 use crate::metrics::Metrics;
 use crate::online::Online;
 use crate::{grpc, http, online};
+use imcloud_discovery::{Discovery, LOGIC_SERVICE, ServiceNode, StaticDiscovery};
 
 /// The sockets a cloud node serves, bound by the caller (tests bind port 0).
 #[derive(Debug)]
@@ -79,15 +80,44 @@ pub struct Cloud {
 impl Cloud {
     /// Starts serving on `listeners`. The node drains and stops when
     /// `shutdown` is cancelled or a backend calls `Close`.
+    /// Logic nodes are `config.logic_addrs` (static discovery).
     pub fn start(
         listeners: Listeners,
         config: CloudConfig,
         shutdown: CancellationToken,
     ) -> Result<Cloud, CloudError> {
+        let logic_nodes = config
+            .logic_addrs
+            .iter()
+            .map(|addr| {
+                logic::endpoint(addr, config.logic_timeout)?;
+                Ok(ServiceNode {
+                    id: addr.clone(),
+                    grpc: addr.clone(),
+                    ws: String::new(),
+                    tcp: String::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, BadLogicAddr>>()?;
+        let discovery = StaticDiscovery::new().with(LOGIC_SERVICE, logic_nodes);
+        Cloud::start_with(listeners, config, &discovery, shutdown)
+    }
+
+    /// Starts serving, with the logic nodes `discovery` reports.
+    pub fn start_with(
+        listeners: Listeners,
+        config: CloudConfig,
+        discovery: &dyn Discovery,
+        shutdown: CancellationToken,
+    ) -> Result<Cloud, CloudError> {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
         let node = Arc::new(Node {
-            logic: Logic::new(&config.logic_addrs, &config.server_id, config.logic_timeout)?,
+            logic: Logic::new(
+                discovery.watch(LOGIC_SERVICE),
+                &config.server_id,
+                config.logic_timeout,
+            ),
             buckets: Buckets::spawn(config.bucket_count(), &metrics),
             online: Online::default(),
             metrics,

@@ -1,0 +1,26 @@
+//! imcloud's logic node: verifies client tokens, owns the session map
+//! (mid -> keys -> cloud node), turns backend push requests (HTTP and gRPC)
+//! into calls on the right cloud nodes, and merges room online counts.
+//!
+//! [`run`] takes already-bound listeners and a shutdown token, so tests bind
+//! `127.0.0.1:0` and read the addresses back.
+
+pub mod config;
+mod grpc;
+mod http;
+mod memory;
+mod metrics;
+mod node;
+mod nodes;
+mod push;
+mod router;
+mod session;
+mod verifier;
+
+pub use config::{LogicConfig, VerifierKind};
+pub use memory::MemoryStore;
+pub use metrics::Metrics;
+pub use node::{Listeners, Logic, LogicError, run};
+pub use push::{DEFAULT_OPERATION, Delivered, Message, PushError};
+pub use session::{Online, SessionStore, StoreError};
+pub use verifier::{Identity, InsecureJson, TokenVerifier, VerifyError};

@@ -1,0 +1,142 @@
+//! The logic node: its shared state, and its life from start to stop.
+
+use std::sync::Arc;
+
+use imcloud_discovery::{CLOUD_SERVICE, Discovery, StaticDiscovery};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, LogicConfig, VerifierKind};
+use crate::memory::MemoryStore;
+use crate::metrics::Metrics;
+use crate::router::Clouds;
+use crate::session::SessionStore;
+use crate::verifier::{InsecureJson, TokenVerifier};
+use crate::{grpc, http};
+
+/// The sockets a logic node serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The `im.logic.Logic` gRPC service (default port 3119).
+    pub grpc: TcpListener,
+    /// The HTTP API (default port 3111).
+    pub http: TcpListener,
+}
+
+/// Why a logic node could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener's address could not be read, or the HTTP server failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// A node task panicked.
+    #[error("node task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// State every part of the node shares.
+pub(crate) struct Node {
+    pub(crate) config: LogicConfig,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) verifier: Arc<dyn TokenVerifier>,
+    pub(crate) clouds: Clouds,
+    pub(crate) metrics: Metrics,
+    pub(crate) webhook: reqwest::Client,
+    /// Cancelled to stop the node (shutdown or `Close`).
+    pub(crate) stop: CancellationToken,
+}
+
+/// A running logic node.
+pub struct Logic {
+    node: Arc<Node>,
+    task: JoinHandle<Result<(), LogicError>>,
+}
+
+impl Logic {
+    /// Starts serving with the in-memory store and the cloud nodes of
+    /// `config.cloud_nodes` (static discovery).
+    pub fn start(
+        listeners: Listeners,
+        config: LogicConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Logic, LogicError> {
+        let discovery = StaticDiscovery::new().with(CLOUD_SERVICE, config.cloud_nodes.clone());
+        let store = Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl));
+        Logic::start_with(listeners, config, store, &discovery, shutdown)
+    }
+
+    /// Starts serving with this session store and discovery.
+    pub fn start_with(
+        listeners: Listeners,
+        config: LogicConfig,
+        store: Arc<dyn SessionStore>,
+        discovery: &dyn Discovery,
+        shutdown: CancellationToken,
+    ) -> Result<Logic, LogicError> {
+        config.validate()?;
+        let verifier: Arc<dyn TokenVerifier> = match config.verifier {
+            VerifierKind::InsecureJson => {
+                warn!(
+                    "verifier insecure-json trusts every token: any client can claim any user; development only"
+                );
+                Arc::new(InsecureJson)
+            }
+        };
+        info!(
+            server_id = %config.server_id,
+            grpc = %listeners.grpc.local_addr()?,
+            http = %listeners.http.local_addr()?,
+            "logic node serving"
+        );
+        let node = Arc::new(Node {
+            clouds: Clouds::new(discovery.watch(CLOUD_SERVICE), config.call_timeout),
+            webhook: reqwest::Client::builder()
+                .timeout(config.call_timeout)
+                .build()
+                .unwrap_or_default(),
+            store,
+            verifier,
+            metrics: Metrics::default(),
+            stop: shutdown.child_token(),
+            config,
+        });
+        let task = tokio::spawn(serve(node.clone(), listeners));
+        Ok(Logic { node, task })
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.node.metrics
+    }
+
+    /// Waits until the node has stopped.
+    pub async fn wait(self) -> Result<(), LogicError> {
+        self.task.await?
+    }
+}
+
+/// Runs a logic node (memory store, static discovery) until it stops.
+pub async fn run(
+    listeners: Listeners,
+    config: LogicConfig,
+    shutdown: CancellationToken,
+) -> Result<(), LogicError> {
+    Logic::start(listeners, config, shutdown)?.wait().await
+}
+
+async fn serve(node: Arc<Node>, listeners: Listeners) -> Result<(), LogicError> {
+    let grpc = tokio::spawn(grpc::serve(listeners.grpc, node.clone()));
+    let http = tokio::spawn(http::serve(listeners.http, node.clone()));
+    grpc.await??;
+    http.await??;
+    info!("logic node stopped");
+    Ok(())
+}

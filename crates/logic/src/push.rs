@@ -1,0 +1,258 @@
+//! Backend pushes, whatever API they came through: find the receivers'
+//! cloud nodes and hand each node its share, concurrently.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Proto, PushMsgReq};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::node::Node;
+use crate::router::Fanout;
+use crate::session::StoreError;
+
+/// The op clients receive when a push names none.
+pub const DEFAULT_OPERATION: i32 = 1000;
+
+/// Why a push was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The request is wrong; nothing was sent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Sessions could not be looked up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No cloud node concerned could be reached.
+    #[error("no cloud node reachable: {0}")]
+    NoCloudReachable(String),
+}
+
+impl From<PushError> for tonic::Status {
+    fn from(err: PushError) -> Self {
+        match err {
+            PushError::BadRequest(msg) => tonic::Status::invalid_argument(msg),
+            other => tonic::Status::unavailable(other.to_string()),
+        }
+    }
+}
+
+/// What a push reached, as the APIs report it.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Delivered {
+    /// Cloud nodes the push was handed to.
+    pub nodes: usize,
+    /// Connection keys it was handed for (pushes by key or mid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<usize>,
+    /// Cloud nodes that could not take it, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+/// A push's message: what clients receive as a packet of op `operation`.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// The business op (>= 1000).
+    pub operation: i32,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// Checks the op and the body.
+    pub fn new(operation: Option<i32>, body: Bytes) -> Result<Message, PushError> {
+        let operation = operation.unwrap_or(DEFAULT_OPERATION);
+        if operation < DEFAULT_OPERATION {
+            return Err(PushError::BadRequest(format!(
+                "operation {operation} is reserved: business ops start at {DEFAULT_OPERATION}"
+            )));
+        }
+        if body.is_empty() {
+            return Err(PushError::BadRequest("msg is required".to_owned()));
+        }
+        Ok(Message { operation, body })
+    }
+
+    fn proto(&self) -> Proto {
+        Proto {
+            ver: 1,
+            op: self.operation,
+            seq: 0,
+            body: self.body.to_vec(),
+        }
+    }
+}
+
+fn settle(fanout: Fanout, keys: Option<usize>, wanted: usize) -> Result<Delivered, PushError> {
+    if wanted > 0 && fanout.reached == 0 {
+        let why = if fanout.failed.is_empty() {
+            "no cloud node is known".to_owned()
+        } else {
+            fanout.failed.join("; ")
+        };
+        return Err(PushError::NoCloudReachable(why));
+    }
+    if !fanout.failed.is_empty() {
+        warn!(failed = ?fanout.failed, "push reached only some cloud nodes");
+    }
+    Ok(Delivered {
+        nodes: fanout.reached,
+        keys: keys.map(|_| fanout.targets),
+        failed: fanout.failed,
+    })
+}
+
+impl Node {
+    fn check_targets(&self, count: usize, what: &str) -> Result<(), PushError> {
+        if count == 0 {
+            return Err(PushError::BadRequest(format!("{what} must not be empty")));
+        }
+        if count > self.config.max_push_targets {
+            return Err(PushError::BadRequest(format!(
+                "{count} {what} in one push; the limit is {}",
+                self.config.max_push_targets
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pushes to connection keys: one `PushMsg` per cloud node holding some.
+    pub(crate) async fn push_keys(
+        &self,
+        keys: Vec<String>,
+        message: Message,
+    ) -> Result<Delivered, PushError> {
+        self.check_targets(keys.len(), "keys")?;
+        let found = self.store.servers_of_keys(&keys).await?;
+        self.push_found(found, message).await
+    }
+
+    /// Pushes to users: every key of every mid.
+    pub(crate) async fn push_mids(
+        &self,
+        mids: Vec<i64>,
+        message: Message,
+    ) -> Result<Delivered, PushError> {
+        self.check_targets(mids.len(), "mids")?;
+        let found = self.store.keys_of_mids(&mids).await?;
+        self.push_found(found, message).await
+    }
+
+    async fn push_found(
+        &self,
+        found: Vec<(String, String)>,
+        message: Message,
+    ) -> Result<Delivered, PushError> {
+        let mut by_server: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, server) in found {
+            by_server.entry(server).or_default().push(key);
+        }
+        let nodes = self.clouds.nodes();
+        let mut unknown = Vec::new();
+        let mut targets = Vec::new();
+        for (server, keys) in by_server {
+            match nodes.iter().find(|node| node.id == server) {
+                Some(node) => {
+                    let count = keys.len();
+                    targets.push((node.clone(), keys, count));
+                }
+                None => unknown.push(format!("{server}: not a known cloud node")),
+            }
+        }
+        let wanted = targets.len() + unknown.len();
+        debug!(
+            nodes = targets.len(),
+            op = message.operation,
+            "push to keys"
+        );
+        let proto = message.proto();
+        let mut fanout = self
+            .clouds
+            .fan_out(targets, |mut client, keys| {
+                let request = PushMsgReq {
+                    keys,
+                    // Targeted pushes reach the connection whatever it watches.
+                    proto_op: 0,
+                    proto: Some(proto.clone()),
+                };
+                async move { client.push_msg(request).await.map(drop) }
+            })
+            .await;
+        fanout.failed.extend(unknown);
+        self.metrics.pushed("keys", fanout.targets);
+        settle(fanout, Some(0), wanted)
+    }
+
+    /// Pushes to a room on every cloud node.
+    pub(crate) async fn push_room(
+        &self,
+        room: String,
+        message: Message,
+    ) -> Result<Delivered, PushError> {
+        if room.is_empty() || !room.contains("://") || room.ends_with("://") {
+            return Err(PushError::BadRequest(
+                "type and room are required".to_owned(),
+            ));
+        }
+        let targets: Vec<_> = self
+            .clouds
+            .nodes()
+            .into_iter()
+            .map(|node| (node, (), 0))
+            .collect();
+        let wanted = targets.len().max(1);
+        let proto = message.proto();
+        let fanout = self
+            .clouds
+            .fan_out(targets, |mut client, ()| {
+                let request = BroadcastRoomReq {
+                    room_id: room.clone(),
+                    proto: Some(proto.clone()),
+                };
+                async move { client.broadcast_room(request).await.map(drop) }
+            })
+            .await;
+        self.metrics.pushed("room", fanout.reached);
+        settle(fanout, None, wanted)
+    }
+
+    /// Pushes to every connection that accepts the op, on every cloud node;
+    /// `speed` (connections per second) is shared among the nodes.
+    pub(crate) async fn push_all(
+        &self,
+        speed: i32,
+        message: Message,
+    ) -> Result<Delivered, PushError> {
+        if speed < 0 {
+            return Err(PushError::BadRequest(format!("speed {speed} is negative")));
+        }
+        let targets: Vec<_> = self
+            .clouds
+            .nodes()
+            .into_iter()
+            .map(|node| (node, (), 0))
+            .collect();
+        let wanted = targets.len().max(1);
+        let share = match (speed, targets.len() as i32) {
+            (0, _) | (_, 0) => 0,
+            (speed, n) => (speed + n - 1) / n,
+        };
+        let proto = message.proto();
+        let operation = message.operation;
+        let fanout = self
+            .clouds
+            .fan_out(targets, |mut client, ()| {
+                let request = BroadcastReq {
+                    proto_op: operation,
+                    proto: Some(proto.clone()),
+                    speed: share,
+                };
+                async move { client.broadcast(request).await.map(drop) }
+            })
+            .await;
+        self.metrics.pushed("all", fanout.reached);
+        settle(fanout, None, wanted)
+    }
+}

@@ -1,0 +1,52 @@
+//! The session store: which connection keys a user has, which cloud node
+//! holds each key, and each cloud node's room counts. In memory for one
+//! logic node; Redis (same layout as goim) for several.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+/// The store could not answer (a remote store is down or slow).
+#[derive(Debug, thiserror::Error)]
+#[error("session store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Room counts merged over the cloud nodes that reported recently.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Online {
+    /// Members per room (`type://id`), cluster-wide.
+    pub rooms: HashMap<String, i32>,
+    /// Room members per cloud node (its load, for `Nodes`).
+    pub servers: HashMap<String, i64>,
+}
+
+/// Sessions and online counts, with expiry: a session not renewed within
+/// the TTL, and a node's counts not reported within the online TTL, vanish.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Records that `key` of user `mid` is connected to `server`.
+    async fn connect(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError>;
+
+    /// Forgets `key` if it is still on `server` (a newer connection with the
+    /// same key elsewhere is kept); returns whether it was.
+    async fn disconnect(&self, mid: i64, key: &str, server: &str) -> Result<bool, StoreError>;
+
+    /// Extends the session's TTL, re-adding it if it had expired.
+    async fn renew(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError>;
+
+    /// The server of each known key, as `(key, server)`.
+    async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Every key of these users with its server, as `(key, server)`.
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Stores a cloud node's room counts.
+    async fn report_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError>;
+
+    /// The counts of every node that reported within the online TTL.
+    async fn online(&self) -> Result<Online, StoreError>;
+}

@@ -1,0 +1,463 @@
+//! Logic and cloud nodes end to end on 127.0.0.1:0: real WebSocket and TCP
+//! clients, real gRPC between the nodes, real HTTP pushes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use imcloud_client::Client;
+use imcloud_cloud::{Cloud, CloudConfig};
+use imcloud_discovery::ServiceNode;
+use imcloud_logic::{Logic, LogicConfig};
+use imcloud_proto::logic::logic_client::LogicClient;
+use imcloud_proto::logic::{NodesReq, PushMidsReq};
+use imcloud_protocol::Op;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+struct CloudNode {
+    cloud: Option<Cloud>,
+    ws_url: String,
+    tcp: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+struct Cluster {
+    http: String,
+    grpc: SocketAddr,
+    clouds: Vec<CloudNode>,
+    _logic: Logic,
+    shutdown: CancellationToken,
+    web: reqwest::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for cloud in &self.clouds {
+            cloud.shutdown.cancel();
+        }
+    }
+}
+
+/// One logic node and `n` cloud nodes that know each other.
+async fn cluster(n: usize, tweak: impl FnOnce(&mut LogicConfig)) -> Cluster {
+    let (logic_grpc, logic_http) = (bind().await, bind().await);
+    let grpc = logic_grpc.local_addr().expect("addr");
+    let http = logic_http.local_addr().expect("addr");
+    let mut clouds = Vec::new();
+    let mut known = Vec::new();
+    for i in 0..n {
+        let listeners = imcloud_cloud::Listeners {
+            tcp: bind().await,
+            ws: bind().await,
+            grpc: bind().await,
+            http: bind().await,
+        };
+        let ws_url = format!("ws://{}/sub", listeners.ws.local_addr().expect("addr"));
+        let tcp = listeners.tcp.local_addr().expect("addr");
+        let server_id = format!("cloud-{i}");
+        known.push(ServiceNode {
+            id: server_id.clone(),
+            grpc: listeners.grpc.local_addr().expect("addr").to_string(),
+            ws: ws_url.clone(),
+            tcp: tcp.to_string(),
+        });
+        let config = CloudConfig {
+            server_id,
+            logic_addrs: vec![grpc.to_string()],
+            online_report_interval: Duration::from_millis(100),
+            ..CloudConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let cloud = Cloud::start(listeners, config, shutdown.clone()).expect("cloud");
+        clouds.push(CloudNode {
+            cloud: Some(cloud),
+            ws_url,
+            tcp,
+            shutdown,
+        });
+    }
+    let mut config = LogicConfig {
+        cloud_nodes: known,
+        ..LogicConfig::default()
+    };
+    tweak(&mut config);
+    let shutdown = CancellationToken::new();
+    let listeners = imcloud_logic::Listeners {
+        grpc: logic_grpc,
+        http: logic_http,
+    };
+    let logic = Logic::start(listeners, config, shutdown.clone()).expect("logic");
+    Cluster {
+        http: format!("http://{http}"),
+        grpc,
+        clouds,
+        _logic: logic,
+        shutdown,
+        web: reqwest::Client::new(),
+    }
+}
+
+fn token(mid: i64, key: Option<&str>, room: &str, accepts: &[i32]) -> String {
+    json!({"mid": mid, "key": key, "room_id": room, "accepts": accepts}).to_string()
+}
+
+impl Cluster {
+    async fn ws(&self, node: usize, token: String) -> Client {
+        let mut client = Client::connect_ws(&self.clouds[node].ws_url)
+            .await
+            .expect("ws");
+        client.auth(token).await.expect("auth");
+        client
+    }
+
+    async fn tcp(&self, node: usize, token: String) -> Client {
+        let mut client = Client::connect_tcp(self.clouds[node].tcp)
+            .await
+            .expect("tcp");
+        client.auth(token).await.expect("auth");
+        client
+    }
+
+    /// POSTs a form; returns the status and the JSON answer.
+    async fn post_form(&self, path: &str, form: &str) -> (u16, Value) {
+        let response = self
+            .web
+            .post(format!("{}{path}", self.http))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned())
+            .send()
+            .await
+            .expect("post");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("json"),
+        )
+    }
+
+    async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        let response = self
+            .web
+            .post(format!("{}{path}", self.http))
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("json"),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .web
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await
+            .expect("get");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("json"),
+        )
+    }
+
+    /// Waits (up to 10 s) until `path` answers `data` that satisfies `done`:
+    /// online counts change when cloud nodes report, every 100 ms here.
+    async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            tick.tick().await;
+            let (status, body) = self.get(path).await;
+            if status == 200 && done(&body["data"]) {
+                return body["data"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} never satisfied: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn push_by_key_reaches_that_connection() {
+    let cluster = cluster(1, |_| {}).await;
+    let mut client = cluster.ws(0, token(1, Some("k1"), "", &[])).await;
+    let (status, body) = cluster
+        .post_form("/im/push/keys", "keys=k1&msg=hello")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"code": 0, "message": "ok", "data": {"nodes": 1, "keys": 1}})
+    );
+    let got = client.recv_push().await.expect("push");
+    assert_eq!((got.op, &got.body[..]), (Op(1000), &b"hello"[..]));
+}
+
+#[tokio::test]
+async fn push_by_mid_reaches_every_device_of_the_user() {
+    let cluster = cluster(1, |_| {}).await;
+    // No key in the tokens: logic generates one per connection.
+    let mut ws = cluster.ws(0, token(42, None, "", &[])).await;
+    let mut tcp = cluster.tcp(0, token(42, None, "", &[])).await;
+    let mut other = cluster.ws(0, token(43, None, "", &[])).await;
+    let (status, body) = cluster
+        .post_form("/im/push/mids", "mids[]=42&operation=1001&msg=both")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["keys"], 2);
+    for device in [&mut ws, &mut tcp] {
+        let got = device.recv_push().await.expect("push");
+        assert_eq!((got.op, &got.body[..]), (Op(1001), &b"both"[..]));
+    }
+    // User 43 got nothing: the next thing it receives is its own push.
+    let (_, body) = cluster
+        .post_form("/im/push/mids", "mids=43&msg=yours")
+        .await;
+    assert_eq!(body["data"]["keys"], 1);
+    assert_eq!(&other.recv_push().await.expect("push").body[..], b"yours");
+}
+
+#[tokio::test]
+async fn room_push_reaches_only_that_room_over_both_transports() {
+    let cluster = cluster(1, |_| {}).await;
+    let mut inside = vec![
+        cluster.ws(0, token(1, None, "live://1000", &[1000])).await,
+        cluster.tcp(0, token(2, None, "live://1000", &[1000])).await,
+    ];
+    let mut outside = cluster.tcp(0, token(3, None, "live://2000", &[1000])).await;
+    // JSON body this time.
+    let response = cluster
+        .web
+        .post(format!("{}/im/push/room", cluster.http))
+        .json(&json!({"type": "live", "room": "1000", "msg": {"text": "hi room"}}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    let (status, _) = cluster.post_form("/im/push/all", "msg=marker").await;
+    assert_eq!(status, 200);
+    for client in &mut inside {
+        assert_eq!(
+            &client.recv_push().await.expect("push").body[..],
+            br#"{"text":"hi room"}"#
+        );
+        assert_eq!(
+            &client.recv_push().await.expect("marker").body[..],
+            b"marker"
+        );
+    }
+    assert_eq!(
+        &outside.recv_push().await.expect("marker").body[..],
+        b"marker"
+    );
+}
+
+#[tokio::test]
+async fn push_all_reaches_the_connections_that_accept_the_op() {
+    let cluster = cluster(1, |_| {}).await;
+    let mut news = cluster.ws(0, token(1, None, "", &[1000, 1005])).await;
+    let mut plain = cluster.tcp(0, token(2, None, "", &[1000])).await;
+    let (status, body) = cluster
+        .post_raw("/goim/push/all?operation=1005", "news")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nodes"], 1);
+    cluster
+        .post_raw("/goim/push/all?operation=1000", "marker")
+        .await;
+    let got = news.recv_push().await.expect("push");
+    assert_eq!((got.op, &got.body[..]), (Op(1005), &b"news"[..]));
+    assert_eq!(&news.recv_push().await.expect("marker").body[..], b"marker");
+    assert_eq!(
+        &plain.recv_push().await.expect("marker").body[..],
+        b"marker"
+    );
+}
+
+#[tokio::test]
+async fn goim_style_routes_take_the_raw_body_as_the_message() {
+    let cluster = cluster(1, |_| {}).await;
+    let mut client = cluster.ws(0, token(7, Some("gk"), "live://5", &[])).await;
+    for (path, body) in [
+        ("/goim/push/keys?operation=1001&keys=gk", "by key"),
+        ("/goim/push/mids?operation=1002&mids=7", "by mid"),
+        ("/goim/push/room?operation=1003&type=live&room=5", "by room"),
+    ] {
+        let (status, answer) = cluster.post_raw(path, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let got = client.recv_push().await.expect("push");
+        assert_eq!(&got.body[..], body.as_bytes(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn online_counts_follow_the_cloud_reports() {
+    let cluster = cluster(2, |_| {}).await;
+    let _a = cluster.ws(0, token(1, None, "live://1", &[])).await;
+    let _b = cluster.tcp(1, token(2, None, "live://1", &[])).await;
+    let _c = cluster.ws(1, token(3, None, "live://2", &[])).await;
+    let _d = cluster.ws(0, token(4, None, "chat://9", &[])).await;
+
+    let rooms = cluster
+        .eventually("/im/online/room?type=live&rooms=1&rooms=2&rooms=3", |d| {
+            d["1"] == 2 && d["2"] == 1
+        })
+        .await;
+    assert_eq!(rooms, json!({"1": 2, "2": 1, "3": 0}));
+    let (_, top) = cluster.get("/im/online/top?type=live&limit=1").await;
+    assert_eq!(top["data"], json!([{"room_id": "1", "count": 2}]));
+    let total = cluster
+        .eventually("/goim/online/total", |d| d["conn_count"] == 4)
+        .await;
+    assert_eq!(
+        total,
+        json!({"conn_count": 4, "room_count": 3, "node_count": 2})
+    );
+    let (status, body) = cluster.get("/im/online/top").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (400, Some("type is required"))
+    );
+}
+
+#[tokio::test]
+async fn bad_parameters_get_400_with_a_reason() {
+    let cluster = cluster(1, |_| {}).await;
+    for (path, form, words) in [
+        ("/im/push/keys", "msg=x", "keys must not be empty"),
+        ("/im/push/mids", "mids=abc&msg=x", "not a number"),
+        ("/im/push/keys", "keys=k&msg=x&operation=5", "reserved"),
+        ("/im/push/keys", "keys=k", "msg is required"),
+        ("/im/push/room", "room=1000&msg=x", "type and room"),
+        ("/im/push/all", "msg=x&speed=-3", "negative"),
+    ] {
+        let (status, body) = cluster.post_form(path, form).await;
+        assert_eq!(status, 400, "{path}?{form}: {body}");
+        assert_eq!(body["code"], 400);
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains(words), "{path}?{form}: {message}");
+    }
+    let (status, body) = cluster.post_form("/im/push/everyone", "msg=x").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = cluster.get("/no/such/route").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_push_while_the_only_cloud_node_is_down_is_503() {
+    let mut cluster = cluster(1, |config| config.call_timeout = Duration::from_millis(500)).await;
+    let _client = cluster.ws(0, token(1, Some("k"), "live://1", &[])).await;
+    let node = &mut cluster.clouds[0];
+    node.shutdown.cancel();
+    node.cloud
+        .take()
+        .expect("running")
+        .wait()
+        .await
+        .expect("stopped");
+
+    for (path, form) in [
+        ("/im/push/room", "type=live&room=1&msg=x"),
+        ("/im/push/all", "msg=x"),
+    ] {
+        let (status, body) = cluster.post_form(path, form).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        let message = body["message"].as_str().expect("message");
+        assert!(
+            message.contains("no cloud node reachable") && message.contains("cloud-0"),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_mid_push_reaches_devices_on_two_cloud_nodes() {
+    let cluster = cluster(2, |_| {}).await;
+    let mut on_a = cluster.ws(0, token(9, None, "", &[])).await;
+    let mut on_b = cluster.tcp(1, token(9, None, "", &[])).await;
+    let (status, body) = cluster
+        .post_form("/im/push/mids", "mids=9&msg=everywhere")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"], json!({"nodes": 2, "keys": 2}));
+    assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"everywhere");
+    assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"everywhere");
+
+    // The same through gRPC, and the nodes advice lists both.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut logic = LogicClient::new(channel);
+    let reply = logic
+        .push_mids(PushMidsReq {
+            mids: vec!["9".into()],
+            msg: b"grpc".to_vec(),
+            operation: 1010,
+        })
+        .await
+        .expect("push_mids")
+        .into_inner();
+    assert_eq!((reply.nodes, reply.keys), (2, 2));
+    let got = on_b.recv_push().await.expect("b");
+    assert_eq!((got.op, &got.body[..]), (Op(1010), &b"grpc"[..]));
+    let nodes = logic
+        .nodes(NodesReq::default())
+        .await
+        .expect("nodes")
+        .into_inner();
+    assert_eq!(nodes.nodes.len(), 2);
+    assert_eq!(nodes.heartbeat, 30);
+    let status = logic
+        .push_mids(PushMidsReq {
+            mids: vec!["nine".into()],
+            msg: b"x".to_vec(),
+            operation: 0,
+        })
+        .await
+        .expect_err("bad mid");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn client_messages_are_posted_to_the_webhook() {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use tokio::sync::mpsc;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let hook = bind().await;
+    let url = format!("http://{}/hook", hook.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |State(tx): State<mpsc::UnboundedSender<(String, Vec<u8>)>>,
+                 headers: HeaderMap,
+                 body: bytes::Bytes| async move {
+                    let mid = headers["x-imcloud-mid"].to_str().unwrap_or("").to_owned();
+                    let _ = tx.send((mid, body.to_vec()));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(tx);
+    tokio::spawn(async move { axum::serve(hook, app).await });
+
+    let cluster = cluster(1, |config| config.receive_webhook = Some(url)).await;
+    let mut client = cluster.ws(0, token(77, None, "", &[])).await;
+    let ack = client.send_msg(&b"\x00binary\xff"[..]).await.expect("ack");
+    assert!(ack.is_empty(), "delivered: {ack:?}");
+    let (mid, body) = rx.recv().await.expect("webhook called");
+    assert_eq!((mid.as_str(), &body[..]), ("77", &b"\x00binary\xff"[..]));
+}

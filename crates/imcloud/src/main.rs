@@ -1,0 +1,86 @@
+//! `imcloud`: run a cloud node, a logic node, or both in one process.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "imcloud: a real-time push gateway")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    /// Configuration file (TOML); the defaults when absent.
+    #[arg(long, short, global = true, env = "IMCLOUD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, as RUST_LOG (e.g. `info`, `imcloud_cloud=debug`).
+    #[arg(long, global = true, env = "IMCLOUD_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "IMCLOUD_LOG_FORMAT",
+        default_value = "plain"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// A cloud node: holds client connections.
+    Cloud,
+    /// A logic node: auth, sessions, push API.
+    Logic,
+    /// One logic and one cloud node in one process, on 127.0.0.1.
+    Standalone,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter).context("--log")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM cancels the root token: every node drains and exits.
+fn on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown signal: draining");
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_format)?;
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone())?;
+    let config = cli.config.as_deref();
+    match cli.mode {
+        Mode::Cloud => imcloud::run_cloud(imcloud::load(config)?, shutdown).await,
+        Mode::Logic => imcloud::run_logic(imcloud::load(config)?, shutdown).await,
+        Mode::Standalone => imcloud::run_standalone(imcloud::load(config)?, shutdown).await,
+    }
+}

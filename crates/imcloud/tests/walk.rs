@@ -1,0 +1,122 @@
+//! The README's walk: start imcloud standalone, connect a WebSocket client,
+//! authenticate, push over HTTP, see it arrive. Once in-process, once with
+//! the real binary (which must also drain on SIGTERM).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use imcloud::{Standalone, StandaloneFile};
+use imcloud_client::Client;
+use imcloud_protocol::{CloseReason, Op};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const ANY_PORT: &str = "127.0.0.1:0";
+
+/// The standalone defaults, on ports the OS picks.
+fn any_ports() -> StandaloneFile {
+    let mut file = StandaloneFile::default();
+    let any = ANY_PORT.parse().expect("addr");
+    file.cloud_listen.tcp = any;
+    file.cloud_listen.ws = any;
+    file.cloud_listen.grpc = any;
+    file.cloud_listen.http = any;
+    file.logic_listen.grpc = any;
+    file.logic_listen.http = any;
+    file
+}
+
+/// Connects, authenticates with a goim JSON token, and has the push API
+/// deliver one message to user 123.
+async fn walk(ws_url: &str, api_url: &str) -> Client {
+    let mut client = Client::connect_ws(ws_url).await.expect("connect");
+    let token =
+        r#"{"mid":123,"room_id":"live://1000","platform":"web","accepts":[1000,1001,1002]}"#;
+    let me = client.auth(token).await.expect("auth");
+    assert_eq!(me.mid, 123);
+
+    // curl -d 'mids=123&msg=hello' http://127.0.0.1:3111/im/push/mids
+    let response = reqwest::Client::new()
+        .post(format!("{api_url}/im/push/mids"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("mids=123&msg=hello")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["data"]["keys"], 1, "{answer}");
+
+    let got = client.recv_push().await.expect("the push arrives");
+    assert_eq!((got.op, &got.body[..]), (Op(1000), &b"hello"[..]));
+    client
+}
+
+#[tokio::test]
+async fn the_walk_in_process() {
+    let shutdown = CancellationToken::new();
+    let imcloud = Standalone::start(any_ports(), shutdown.clone())
+        .await
+        .expect("start");
+    let mut client = walk(&imcloud.ws_url, &imcloud.api_url).await;
+    shutdown.cancel();
+    let body = client.closed().await.expect("op 6");
+    assert_eq!(body.close_reason(), Some(CloseReason::Draining));
+    imcloud.wait().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn the_walk_with_the_binary_and_a_sigterm() {
+    let dir = std::env::temp_dir().join(format!("imcloud-walk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let config = dir.join("standalone.toml");
+    let ports = ["cloud_listen", "logic_listen"]
+        .iter()
+        .map(|table| {
+            let keys: &[&str] = if *table == "cloud_listen" {
+                &["tcp", "ws", "grpc", "http"]
+            } else {
+                &["grpc", "http"]
+            };
+            let lines: String = keys
+                .iter()
+                .map(|k| format!("{k} = \"{ANY_PORT}\"\n"))
+                .collect();
+            format!("[{table}]\n{lines}")
+        })
+        .collect::<String>();
+    std::fs::write(&config, ports).expect("config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imcloud"))
+        .args(["standalone", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run imcloud");
+    let mut logs = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let ready = logs
+        .by_ref()
+        .map(|line| line.expect("log line"))
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .find(|line| line["fields"]["message"] == "imcloud standalone ready")
+        .expect("a ready line");
+    let ws_url = ready["fields"]["ws"].as_str().expect("ws").to_owned();
+    let api_url = ready["fields"]["api"].as_str().expect("api").to_owned();
+    // Keep draining the logs so the child never blocks on a full pipe.
+    std::thread::spawn(move || logs.for_each(drop));
+
+    let mut client = walk(&ws_url, &api_url).await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let body = client.closed().await.expect("op 6 on SIGTERM");
+    assert_eq!(body.close_reason(), Some(CloseReason::Draining));
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "exit status {exit}");
+}

@@ -14,6 +14,9 @@ use crate::{cloud_listeners, logic_listeners};
 pub struct Standalone {
     cloud: Cloud,
     logic: Logic,
+    /// Stops logic once the cloud node has drained, so the drained clients'
+    /// disconnects still find it.
+    logic_stop: CancellationToken,
     /// The WebSocket URL clients connect to.
     pub ws_url: String,
     /// The TCP address clients connect to.
@@ -48,13 +51,15 @@ impl Standalone {
             ws: ws_url.clone(),
             tcp: tcp.to_string(),
         }];
-        let logic = Logic::start(logic_listeners, file.logic, shutdown.clone())?;
+        let logic_stop = CancellationToken::new();
+        let logic = Logic::start(logic_listeners, file.logic, logic_stop.clone())?;
         let cloud = Cloud::start(cloud_listeners, file.cloud, shutdown)?;
         let api_url = format!("http://{logic_http}");
         info!(ws = %ws_url, tcp = %tcp, api = %api_url, "imcloud standalone ready");
         Ok(Standalone {
             cloud,
             logic,
+            logic_stop,
             ws_url,
             tcp,
             api_url,
@@ -62,10 +67,11 @@ impl Standalone {
         })
     }
 
-    /// Waits until both nodes have stopped (the cloud node drains first).
+    /// Waits until the cloud node has drained, then stops logic.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.cloud.wait().await?;
+        let drained = self.cloud.wait().await;
+        self.logic_stop.cancel();
         self.logic.wait().await?;
-        Ok(())
+        Ok(drained?)
     }
 }

@@ -13,8 +13,8 @@ use crate::session::StoreError;
 pub(crate) struct Backoff {
     pub(crate) base_delay: i32,
     pub(crate) max_delay: i32,
-    pub(crate) factor: f32,
-    pub(crate) jitter: f32,
+    pub(crate) factor: f64,
+    pub(crate) jitter: f64,
 }
 
 /// One cloud node as clients see it.
@@ -85,8 +85,8 @@ impl NodesAdvice {
             backoff: Some(ProtoBackoff {
                 max_delay: self.backoff.max_delay,
                 base_delay: self.backoff.base_delay,
-                factor: self.backoff.factor,
-                jitter: self.backoff.jitter,
+                factor: self.backoff.factor as f32,
+                jitter: self.backoff.jitter as f32,
             }),
             heartbeat_max: self.heartbeat_max,
         }

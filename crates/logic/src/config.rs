@@ -29,6 +29,22 @@ pub enum VerifierKind {
     InsecureJson,
 }
 
+/// Where sessions live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionStoreKind {
+    /// In this process: one logic node.
+    #[default]
+    Memory,
+    /// In Redis: several logic nodes share sessions and online counts.
+    Redis,
+}
+
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Default deadline of one Redis call.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Configuration of one logic node.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,6 +71,15 @@ pub struct LogicConfig {
     pub max_push_targets: usize,
     /// Largest push request body, in bytes.
     pub max_push_body: usize,
+    /// Where sessions live: `memory` (one logic node) or `redis`.
+    pub session_store: SessionStoreKind,
+    /// Redis URL (`redis://host:port/db` or `redis+unix:///path`), for `redis`.
+    pub redis_url: String,
+    /// Prefix of every Redis key this node writes.
+    pub redis_prefix: String,
+    /// Deadline of one Redis call; past it the request fails with 503.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
     /// Cloud nodes, for static discovery.
     pub cloud_nodes: Vec<ServiceNode>,
 }
@@ -71,6 +96,10 @@ impl Default for LogicConfig {
             receive_webhook: None,
             max_push_targets: DEFAULT_MAX_PUSH_TARGETS,
             max_push_body: DEFAULT_MAX_PUSH_BODY,
+            session_store: SessionStoreKind::Memory,
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
+            redis_prefix: String::new(),
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
                 grpc: "127.0.0.1:3109".to_owned(),

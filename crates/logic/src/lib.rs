@@ -13,14 +13,16 @@ mod metrics;
 mod node;
 mod nodes;
 mod push;
+mod redis_store;
 mod router;
 mod session;
 mod verifier;
 
-pub use config::{LogicConfig, VerifierKind};
+pub use config::{LogicConfig, SessionStoreKind, VerifierKind};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use node::{Listeners, Logic, LogicError, run};
 pub use push::{DEFAULT_OPERATION, Delivered, Message, PushError};
+pub use redis_store::RedisStore;
 pub use session::{Online, SessionStore, StoreError};
 pub use verifier::{Identity, InsecureJson, TokenVerifier, VerifyError};

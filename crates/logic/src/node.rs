@@ -8,11 +8,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, LogicConfig, VerifierKind};
+use crate::config::{ConfigError, LogicConfig, SessionStoreKind, VerifierKind};
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
+use crate::redis_store::RedisStore;
 use crate::router::Clouds;
 use crate::session::SessionStore;
+use crate::session::StoreError;
 use crate::verifier::{InsecureJson, TokenVerifier};
 use crate::{grpc, http};
 
@@ -31,6 +33,9 @@ pub enum LogicError {
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The session store cannot be set up (a malformed Redis URL).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A listener's address could not be read, or the HTTP server failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -61,15 +66,26 @@ pub struct Logic {
 }
 
 impl Logic {
-    /// Starts serving with the in-memory store and the cloud nodes of
-    /// `config.cloud_nodes` (static discovery).
+    /// Starts serving with the configured session store and the cloud
+    /// nodes of `config.cloud_nodes` (static discovery).
     pub fn start(
         listeners: Listeners,
         config: LogicConfig,
         shutdown: CancellationToken,
     ) -> Result<Logic, LogicError> {
         let discovery = StaticDiscovery::new().with(CLOUD_SERVICE, config.cloud_nodes.clone());
-        let store = Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl));
+        let store: Arc<dyn SessionStore> = match config.session_store {
+            SessionStoreKind::Memory => {
+                Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl))
+            }
+            SessionStoreKind::Redis => Arc::new(RedisStore::new(
+                &config.redis_url,
+                &config.redis_prefix,
+                config.session_ttl,
+                config.online_ttl,
+                config.redis_timeout,
+            )?),
+        };
         Logic::start_with(listeners, config, store, &discovery, shutdown)
     }
 

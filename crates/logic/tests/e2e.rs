@@ -1,190 +1,15 @@
 //! Logic and cloud nodes end to end on 127.0.0.1:0: real WebSocket and TCP
 //! clients, real gRPC between the nodes, real HTTP pushes.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use imcloud_client::Client;
-use imcloud_cloud::{Cloud, CloudConfig};
-use imcloud_discovery::ServiceNode;
-use imcloud_logic::{Logic, LogicConfig};
+use common::{bind, cluster, token};
 use imcloud_proto::logic::logic_client::LogicClient;
 use imcloud_proto::logic::{NodesReq, PushMidsReq};
 use imcloud_protocol::Op;
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind")
-}
-
-struct CloudNode {
-    cloud: Option<Cloud>,
-    ws_url: String,
-    tcp: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-struct Cluster {
-    http: String,
-    grpc: SocketAddr,
-    clouds: Vec<CloudNode>,
-    _logic: Logic,
-    shutdown: CancellationToken,
-    web: reqwest::Client,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        for cloud in &self.clouds {
-            cloud.shutdown.cancel();
-        }
-    }
-}
-
-/// One logic node and `n` cloud nodes that know each other.
-async fn cluster(n: usize, tweak: impl FnOnce(&mut LogicConfig)) -> Cluster {
-    let (logic_grpc, logic_http) = (bind().await, bind().await);
-    let grpc = logic_grpc.local_addr().expect("addr");
-    let http = logic_http.local_addr().expect("addr");
-    let mut clouds = Vec::new();
-    let mut known = Vec::new();
-    for i in 0..n {
-        let listeners = imcloud_cloud::Listeners {
-            tcp: bind().await,
-            ws: bind().await,
-            grpc: bind().await,
-            http: bind().await,
-        };
-        let ws_url = format!("ws://{}/sub", listeners.ws.local_addr().expect("addr"));
-        let tcp = listeners.tcp.local_addr().expect("addr");
-        let server_id = format!("cloud-{i}");
-        known.push(ServiceNode {
-            id: server_id.clone(),
-            grpc: listeners.grpc.local_addr().expect("addr").to_string(),
-            ws: ws_url.clone(),
-            tcp: tcp.to_string(),
-        });
-        let config = CloudConfig {
-            server_id,
-            logic_addrs: vec![grpc.to_string()],
-            online_report_interval: Duration::from_millis(100),
-            ..CloudConfig::default()
-        };
-        let shutdown = CancellationToken::new();
-        let cloud = Cloud::start(listeners, config, shutdown.clone()).expect("cloud");
-        clouds.push(CloudNode {
-            cloud: Some(cloud),
-            ws_url,
-            tcp,
-            shutdown,
-        });
-    }
-    let mut config = LogicConfig {
-        cloud_nodes: known,
-        ..LogicConfig::default()
-    };
-    tweak(&mut config);
-    let shutdown = CancellationToken::new();
-    let listeners = imcloud_logic::Listeners {
-        grpc: logic_grpc,
-        http: logic_http,
-    };
-    let logic = Logic::start(listeners, config, shutdown.clone()).expect("logic");
-    Cluster {
-        http: format!("http://{http}"),
-        grpc,
-        clouds,
-        _logic: logic,
-        shutdown,
-        web: reqwest::Client::new(),
-    }
-}
-
-fn token(mid: i64, key: Option<&str>, room: &str, accepts: &[i32]) -> String {
-    json!({"mid": mid, "key": key, "room_id": room, "accepts": accepts}).to_string()
-}
-
-impl Cluster {
-    async fn ws(&self, node: usize, token: String) -> Client {
-        let mut client = Client::connect_ws(&self.clouds[node].ws_url)
-            .await
-            .expect("ws");
-        client.auth(token).await.expect("auth");
-        client
-    }
-
-    async fn tcp(&self, node: usize, token: String) -> Client {
-        let mut client = Client::connect_tcp(self.clouds[node].tcp)
-            .await
-            .expect("tcp");
-        client.auth(token).await.expect("auth");
-        client
-    }
-
-    /// POSTs a form; returns the status and the JSON answer.
-    async fn post_form(&self, path: &str, form: &str) -> (u16, Value) {
-        let response = self
-            .web
-            .post(format!("{}{path}", self.http))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_owned())
-            .send()
-            .await
-            .expect("post");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("json"),
-        )
-    }
-
-    async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
-        let response = self
-            .web
-            .post(format!("{}{path}", self.http))
-            .body(body)
-            .send()
-            .await
-            .expect("post");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("json"),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .web
-            .get(format!("{}{path}", self.http))
-            .send()
-            .await
-            .expect("get");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("json"),
-        )
-    }
-
-    /// Waits (up to 10 s) until `path` answers `data` that satisfies `done`:
-    /// online counts change when cloud nodes report, every 100 ms here.
-    async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let mut tick = tokio::time::interval(Duration::from_millis(25));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            tick.tick().await;
-            let (status, body) = self.get(path).await;
-            if status == 200 && done(&body["data"]) {
-                return body["data"].clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path} never satisfied: {body}"
-            );
-        }
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn push_by_key_reaches_that_connection() {
@@ -454,7 +279,7 @@ async fn client_messages_are_posted_to_the_webhook() {
         .with_state(tx);
     tokio::spawn(async move { axum::serve(hook, app).await });
 
-    let cluster = cluster(1, |config| config.receive_webhook = Some(url)).await;
+    let cluster = cluster(1, |config| config.receive_webhook = Some(url.clone())).await;
     let mut client = cluster.ws(0, token(77, None, "", &[])).await;
     let ack = client.send_msg(&b"\x00binary\xff"[..]).await.expect("ack");
     assert!(ack.is_empty(), "delivered: {ack:?}");

@@ -1,0 +1,292 @@
+//! The Redis session store, shared by several logic nodes, in goim's layout
+//! so operators can read it with redis-cli:
+//!
+//! - `mid_<mid>`: hash, field = connection key, value = cloud server id;
+//! - `key_<key>`: string, the cloud server id;
+//! - `ol_<server>`: hash, field = room, value = member count, plus
+//!   `@updated` (unix ms); and `ol_servers`, a sorted set of servers by
+//!   report time, so stale reports are found and deleted in one call.
+//!
+//! Every write sets the TTL; multi-key work is pipelined (a push to 1,000
+//! mids is one round trip). Calls fail fast while Redis is down, and the
+//! outage is logged once, not once per request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, RedisError, Script};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::session::{Online, SessionStore, StoreError};
+
+const UPDATED: &str = "@updated";
+
+/// Drops `key_<key>` and the `mid_<mid>` field only if they still name this
+/// server: a newer connection with the same key elsewhere is kept.
+const DISCONNECT: &str = r"
+local removed = 0
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('DEL', KEYS[2])
+  removed = 1
+end
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return removed
+";
+
+/// Sessions in Redis.
+pub struct RedisStore {
+    client: Client,
+    /// Connected on first use, so a logic node starts while Redis is down
+    /// and serves once it is back; the manager then reconnects by itself.
+    conn: Mutex<Option<ConnectionManager>>,
+    prefix: String,
+    ttl: Duration,
+    online_ttl: Duration,
+    timeout: Duration,
+    down: AtomicBool,
+    disconnect: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+impl RedisStore {
+    /// A store on `url` (`redis://host:port/db` or `redis+unix:///path`).
+    /// Every call fails after `timeout` when Redis does not answer.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        online_ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let client =
+            Client::open(url).map_err(|err| StoreError(format!("redis url {url:?}: {err}")))?;
+        Ok(RedisStore {
+            client,
+            conn: Mutex::new(None),
+            prefix: prefix.to_owned(),
+            ttl,
+            online_ttl,
+            timeout,
+            down: AtomicBool::new(false),
+            disconnect: Script::new(DISCONNECT),
+        })
+    }
+
+    fn mid_key(&self, mid: i64) -> String {
+        format!("{}mid_{mid}", self.prefix)
+    }
+
+    fn key_key(&self, key: &str) -> String {
+        format!("{}key_{key}", self.prefix)
+    }
+
+    fn online_key(&self, server: &str) -> String {
+        format!("{}ol_{server}", self.prefix)
+    }
+
+    fn servers_key(&self) -> String {
+        format!("{}ol_servers", self.prefix)
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, RedisError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(conn) = conn.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *conn = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// Runs one store operation under the deadline, logging an outage once
+    /// when it starts and once when it ends.
+    async fn run<T>(
+        &self,
+        op: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        let result =
+            tokio::time::timeout(self.timeout, async { op(self.conn().await?).await }).await;
+        let result = match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(format!("redis: {err}")),
+            Err(_) => Err(format!("redis did not answer within {:?}", self.timeout)),
+        };
+        match &result {
+            Ok(_) if self.down.swap(false, Ordering::Relaxed) => info!("redis reachable again"),
+            Err(err) if !self.down.swap(true, Ordering::Relaxed) => {
+                warn!(error = %err, "redis unreachable")
+            }
+            _ => {}
+        }
+        result.map_err(StoreError)
+    }
+
+    async fn put(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
+        let (mid_key, key_key, ttl) = (
+            self.mid_key(mid),
+            self.key_key(key),
+            self.ttl.as_secs().max(1),
+        );
+        self.run(async |mut conn| {
+            redis::pipe()
+                .atomic()
+                .hset(&mid_key, key, server)
+                .ignore()
+                .expire(&mid_key, ttl as i64)
+                .ignore()
+                .set_ex(&key_key, server, ttl)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn connect(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
+        self.put(mid, key, server).await
+    }
+
+    async fn disconnect(&self, mid: i64, key: &str, server: &str) -> Result<bool, StoreError> {
+        let (mid_key, key_key) = (self.mid_key(mid), self.key_key(key));
+        self.run(async |mut conn| {
+            self.disconnect
+                .key(&mid_key)
+                .key(&key_key)
+                .arg(key)
+                .arg(server)
+                .invoke_async::<i32>(&mut conn)
+                .await
+                .map(|removed| removed == 1)
+        })
+        .await
+    }
+
+    async fn renew(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
+        // Writing again renews the TTL and re-adds a mapping that expired.
+        self.put(mid, key, server).await
+    }
+
+    async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|key| self.key_key(key)).collect();
+        let servers: Vec<Option<String>> =
+            self.run(async |mut conn| conn.mget(&names).await).await?;
+        Ok(keys
+            .iter()
+            .zip(servers)
+            .filter_map(|(key, server)| Some((key.clone(), server?)))
+            .collect())
+    }
+
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+        if mids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for mid in mids {
+            pipe.hgetall(self.mid_key(*mid));
+        }
+        let all: Vec<HashMap<String, String>> = self
+            .run(async |mut conn| pipe.query_async(&mut conn).await)
+            .await?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
+    async fn report_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError> {
+        let (online_key, servers_key) = (self.online_key(server), self.servers_key());
+        let now = unix_ms();
+        let ttl = self.online_ttl.as_secs().max(1) as i64;
+        let mut fields: Vec<(String, i64)> = rooms
+            .into_iter()
+            .map(|(room, n)| (room, i64::from(n)))
+            .collect();
+        fields.push((UPDATED.to_owned(), now));
+        self.run(async |mut conn| {
+            redis::pipe()
+                .atomic()
+                .del(&online_key)
+                .ignore()
+                .hset_multiple(&online_key, &fields)
+                .ignore()
+                .expire(&online_key, ttl)
+                .ignore()
+                .zadd(&servers_key, server, now)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn online(&self) -> Result<Online, StoreError> {
+        let servers_key = self.servers_key();
+        let oldest = unix_ms() - self.online_ttl.as_millis() as i64;
+        let servers: Vec<String> = self
+            .run(async |mut conn| {
+                // Stale reports are deleted, not just skipped.
+                let stale: Vec<String> = conn.zrangebyscore(&servers_key, "-inf", oldest).await?;
+                if !stale.is_empty() {
+                    let mut pipe = redis::pipe();
+                    pipe.zrembyscore(&servers_key, "-inf", oldest).ignore();
+                    for server in &stale {
+                        pipe.del(self.online_key(server)).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await?;
+                }
+                conn.zrangebyscore(&servers_key, oldest, "+inf").await
+            })
+            .await?;
+        let mut pipe = redis::pipe();
+        for server in &servers {
+            pipe.hgetall(self.online_key(server));
+        }
+        let reports: Vec<HashMap<String, i64>> = self
+            .run(async |mut conn| pipe.query_async(&mut conn).await)
+            .await?;
+        let mut online = Online::default();
+        for (server, report) in servers.into_iter().zip(reports) {
+            let mut load = 0;
+            for (room, count) in report {
+                if room == UPDATED {
+                    continue;
+                }
+                *online.rooms.entry(room).or_default() += count as i32;
+                load += count;
+            }
+            online.servers.insert(server, load);
+        }
+        Ok(online)
+    }
+}

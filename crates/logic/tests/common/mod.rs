@@ -1,0 +1,234 @@
+//! Logic and cloud nodes on 127.0.0.1:0 that know each other, for the
+//! end-to-end tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod redis;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use imcloud_client::Client;
+use imcloud_cloud::{Cloud, CloudConfig};
+use imcloud_discovery::ServiceNode;
+use imcloud_logic::{Logic, LogicConfig};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+pub struct CloudNode {
+    pub cloud: Option<Cloud>,
+    pub ws_url: String,
+    pub tcp: SocketAddr,
+    pub shutdown: CancellationToken,
+}
+
+pub struct Cluster {
+    /// The first logic node's HTTP base URL and gRPC address.
+    pub http: String,
+    pub grpc: SocketAddr,
+    /// Every logic node's HTTP base URL.
+    pub https: Vec<String>,
+    pub clouds: Vec<CloudNode>,
+    _logics: Vec<Logic>,
+    shutdown: CancellationToken,
+    pub web: reqwest::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for cloud in &self.clouds {
+            cloud.shutdown.cancel();
+        }
+    }
+}
+
+/// One logic node and `n` cloud nodes that know each other.
+pub async fn cluster(n: usize, tweak: impl Fn(&mut LogicConfig)) -> Cluster {
+    cluster_of(1, n, |_, config| tweak(config)).await
+}
+
+/// `logics` logic nodes and `n` cloud nodes; cloud node i uses logic node
+/// i % logics, and every logic node knows every cloud node.
+pub async fn cluster_of(
+    logics: usize,
+    n: usize,
+    tweak: impl Fn(usize, &mut LogicConfig),
+) -> Cluster {
+    let mut logic_listeners = Vec::new();
+    for _ in 0..logics {
+        logic_listeners.push(imcloud_logic::Listeners {
+            grpc: bind().await,
+            http: bind().await,
+        });
+    }
+    let grpcs: Vec<SocketAddr> = logic_listeners
+        .iter()
+        .map(|l| l.grpc.local_addr().expect("addr"))
+        .collect();
+    let https: Vec<String> = logic_listeners
+        .iter()
+        .map(|l| format!("http://{}", l.http.local_addr().expect("addr")))
+        .collect();
+    let mut clouds = Vec::new();
+    let mut known = Vec::new();
+    for i in 0..n {
+        let listeners = imcloud_cloud::Listeners {
+            tcp: bind().await,
+            ws: bind().await,
+            grpc: bind().await,
+            http: bind().await,
+        };
+        let ws_url = format!("ws://{}/sub", listeners.ws.local_addr().expect("addr"));
+        let tcp = listeners.tcp.local_addr().expect("addr");
+        let server_id = format!("cloud-{i}");
+        known.push(ServiceNode {
+            id: server_id.clone(),
+            grpc: listeners.grpc.local_addr().expect("addr").to_string(),
+            ws: ws_url.clone(),
+            tcp: tcp.to_string(),
+        });
+        let config = CloudConfig {
+            server_id,
+            logic_addrs: vec![grpcs[i % logics].to_string()],
+            online_report_interval: Duration::from_millis(100),
+            ..CloudConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let cloud = Cloud::start(listeners, config, shutdown.clone()).expect("cloud");
+        clouds.push(CloudNode {
+            cloud: Some(cloud),
+            ws_url,
+            tcp,
+            shutdown,
+        });
+    }
+    let shutdown = CancellationToken::new();
+    let mut started = Vec::new();
+    for (i, listeners) in logic_listeners.into_iter().enumerate() {
+        let mut config = LogicConfig {
+            server_id: format!("logic-{i}"),
+            cloud_nodes: known.clone(),
+            ..LogicConfig::default()
+        };
+        tweak(i, &mut config);
+        started.push(Logic::start(listeners, config, shutdown.clone()).expect("logic"));
+    }
+    Cluster {
+        http: https[0].clone(),
+        grpc: grpcs[0],
+        https,
+        clouds,
+        _logics: started,
+        shutdown,
+        web: reqwest::Client::new(),
+    }
+}
+
+pub fn token(mid: i64, key: Option<&str>, room: &str, accepts: &[i32]) -> String {
+    json!({"mid": mid, "key": key, "room_id": room, "accepts": accepts}).to_string()
+}
+
+impl Cluster {
+    pub async fn ws(&self, node: usize, token: String) -> Client {
+        let mut client = Client::connect_ws(&self.clouds[node].ws_url)
+            .await
+            .expect("ws");
+        client.auth(token).await.expect("auth");
+        client
+    }
+
+    pub async fn tcp(&self, node: usize, token: String) -> Client {
+        let mut client = Client::connect_tcp(self.clouds[node].tcp)
+            .await
+            .expect("tcp");
+        client.auth(token).await.expect("auth");
+        client
+    }
+
+    /// POSTs a form; returns the status and the JSON answer.
+    pub async fn post_form(&self, path: &str, form: &str) -> (u16, Value) {
+        self.post_form_to(0, path, form).await
+    }
+
+    /// POSTs a form to logic node `logic`.
+    pub async fn post_form_to(&self, logic: usize, path: &str, form: &str) -> (u16, Value) {
+        let response = self
+            .web
+            .post(format!("{}{path}", self.https[logic]))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned())
+            .send()
+            .await
+            .expect("post");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("json"),
+        )
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        let response = self
+            .web
+            .post(format!("{}{path}", self.http))
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("json"),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_from(0, path).await
+    }
+
+    /// GETs from logic node `logic`.
+    pub async fn get_from(&self, logic: usize, path: &str) -> (u16, Value) {
+        let response = self
+            .web
+            .get(format!("{}{path}", self.https[logic]))
+            .send()
+            .await
+            .expect("get");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("json"),
+        )
+    }
+
+    /// Waits (up to 10 s) until `path` answers `data` that satisfies `done`:
+    /// online counts change when cloud nodes report, every 100 ms here.
+    pub async fn eventually(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.eventually_at(0, path, done).await
+    }
+
+    /// As [`Cluster::eventually`], on logic node `logic`.
+    pub async fn eventually_at(
+        &self,
+        logic: usize,
+        path: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            tick.tick().await;
+            let (status, body) = self.get_from(logic, path).await;
+            if status == 200 && done(&body["data"]) {
+                return body["data"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} never satisfied: {body}"
+            );
+        }
+    }
+}

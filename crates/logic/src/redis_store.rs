@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, RedisError, Script};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -42,9 +42,11 @@ return removed
 /// Sessions in Redis.
 pub struct RedisStore {
     client: Client,
-    /// Connected on first use, so a logic node starts while Redis is down
-    /// and serves once it is back; the manager then reconnects by itself.
-    conn: Mutex<Option<ConnectionManager>>,
+    /// One multiplexed connection, made on first use and dropped on any
+    /// error: a logic node starts while Redis is down, each request while it
+    /// is down fails at once (connection refused), and the first request
+    /// after it returns reconnects.
+    conn: Mutex<Option<MultiplexedConnection>>,
     prefix: String,
     ttl: Duration,
     online_ttl: Duration,
@@ -107,25 +109,27 @@ impl RedisStore {
         format!("{}ol_servers", self.prefix)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, RedisError> {
+    async fn conn(&self) -> Result<MultiplexedConnection, RedisError> {
         let mut conn = self.conn.lock().await;
         if let Some(conn) = conn.as_ref() {
             return Ok(conn.clone());
         }
-        let config = ConnectionManagerConfig::new()
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-        *conn = Some(manager.clone());
-        Ok(manager)
+            .set_response_timeout(self.timeout);
+        let fresh = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *conn = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Runs one store operation under the deadline, logging an outage once
     /// when it starts and once when it ends.
     async fn run<T>(
         &self,
-        op: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
+        op: impl AsyncFnOnce(MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
         let result =
             tokio::time::timeout(self.timeout, async { op(self.conn().await?).await }).await;
@@ -136,10 +140,14 @@ impl RedisStore {
         };
         match &result {
             Ok(_) if self.down.swap(false, Ordering::Relaxed) => info!("redis reachable again"),
-            Err(err) if !self.down.swap(true, Ordering::Relaxed) => {
-                warn!(error = %err, "redis unreachable")
+            Ok(_) => {}
+            Err(err) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    warn!(error = %err, "redis unreachable");
+                }
+                // Connect afresh next time.
+                *self.conn.lock().await = None;
             }
-            _ => {}
         }
         result.map_err(StoreError)
     }

@@ -58,7 +58,7 @@ impl RedisServer {
         let ready = lines
             .by_ref()
             .map_while(Result::ok)
-            .any(|line| line.contains("Ready to accept connections"));
+            .any(|line| line.to_lowercase().contains("ready to accept connections"));
         assert!(ready, "redis-server exited before it was ready");
         // Keep reading so redis never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));

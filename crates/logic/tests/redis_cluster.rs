@@ -1,0 +1,71 @@
+//! Two logic nodes and two cloud nodes sharing one real redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{cluster_of, token};
+use imcloud_logic::SessionStoreKind;
+
+async fn shared_cluster(redis: &RedisServer) -> common::Cluster {
+    let url = redis.url.clone();
+    cluster_of(2, 2, move |_, config| {
+        config.session_store = SessionStoreKind::Redis;
+        config.redis_url = url.clone();
+        config.redis_timeout = Duration::from_millis(500);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_authenticated_through_one_logic_node_gets_pushes_sent_through_the_other() {
+    let redis = RedisServer::start();
+    let cluster = shared_cluster(&redis).await;
+    // Cloud node 0 authenticates through logic 0; cloud node 1 through logic 1.
+    let mut on_a = cluster.ws(0, token(5, None, "live://7", &[])).await;
+    let mut on_b = cluster.tcp(1, token(5, None, "live://7", &[])).await;
+
+    let (status, body) = cluster
+        .post_form_to(1, "/im/push/mids", "mids=5&msg=via+b")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["keys"], 2);
+    assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"via b");
+    assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"via b");
+
+    // Both logic nodes see the same cluster-wide counts.
+    for logic in [0, 1] {
+        let rooms = cluster
+            .eventually_at(logic, "/im/online/room?type=live&rooms=7", |d| d["7"] == 2)
+            .await;
+        assert_eq!(rooms["7"], 2, "logic {logic}");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_is_a_503_with_the_reason_and_its_return_heals() {
+    let mut redis = RedisServer::start();
+    let cluster = shared_cluster(&redis).await;
+    let mut client = cluster.ws(0, token(8, Some("k8"), "", &[])).await;
+
+    redis.kill();
+    let (status, body) = cluster
+        .post_form_to(1, "/im/push/mids", "mids=8&msg=lost?")
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains("session store unavailable"), "{message}");
+    // The established connection stays up through the outage.
+    assert_eq!(client.heartbeat().await.expect("still connected"), 0);
+
+    redis.restart();
+    // The restarted Redis is empty: the session comes back with the next
+    // renewal; re-authenticating is the quickest way to make one here.
+    let mut again = cluster.ws(0, token(8, Some("k8b"), "", &[])).await;
+    let (status, body) = cluster
+        .post_form_to(1, "/im/push/mids", "mids=8&msg=back")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(&again.recv_push().await.expect("push").body[..], b"back");
+}

@@ -1,0 +1,154 @@
+//! One contract, two session stores: the in-memory store and the Redis
+//! store (against a real redis-server) must behave the same.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use imcloud_logic::{MemoryStore, RedisStore, SessionStore};
+
+const TTL: Duration = Duration::from_secs(1);
+const ONLINE_TTL: Duration = Duration::from_secs(1);
+
+fn sorted(mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    pairs.sort();
+    pairs
+}
+
+fn pair(key: &str, server: &str) -> (String, String) {
+    (key.to_owned(), server.to_owned())
+}
+
+/// Waits (up to 5 s) until `check` holds: expiry is the store's business
+/// and has no event to await.
+async fn until(what: &str, check: impl AsyncFn() -> bool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..100 {
+        tick.tick().await;
+        if check().await {
+            return;
+        }
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+async fn contract(store: Arc<dyn SessionStore>) {
+    // A user with two devices on two nodes; another user.
+    store.connect(1, "phone", "cloud-a").await.expect("connect");
+    store
+        .connect(1, "laptop", "cloud-b")
+        .await
+        .expect("connect");
+    store.connect(2, "other", "cloud-a").await.expect("connect");
+    assert_eq!(
+        sorted(store.keys_of_mids(&[1, 3]).await.expect("mids")),
+        [pair("laptop", "cloud-b"), pair("phone", "cloud-a")]
+    );
+    assert_eq!(
+        store
+            .servers_of_keys(&["other".into(), "nobody".into()])
+            .await
+            .expect("keys"),
+        [pair("other", "cloud-a")]
+    );
+
+    // The same key reconnecting elsewhere: the old node's disconnect keeps it.
+    store
+        .connect(2, "other", "cloud-b")
+        .await
+        .expect("reconnect");
+    assert!(
+        !store
+            .disconnect(2, "other", "cloud-a")
+            .await
+            .expect("stale")
+    );
+    assert_eq!(
+        store.keys_of_mids(&[2]).await.expect("mids"),
+        [pair("other", "cloud-b")]
+    );
+    assert!(
+        store
+            .disconnect(2, "other", "cloud-b")
+            .await
+            .expect("disconnect")
+    );
+    assert!(store.keys_of_mids(&[2]).await.expect("mids").is_empty());
+
+    // Sessions of a node that stops renewing expire; renewing re-adds.
+    until("session expiry", async || {
+        store.keys_of_mids(&[1]).await.expect("mids").is_empty()
+    })
+    .await;
+    store.renew(1, "phone", "cloud-a").await.expect("renew");
+    assert_eq!(
+        store.keys_of_mids(&[1]).await.expect("mids"),
+        [pair("phone", "cloud-a")]
+    );
+
+    // Online counts merge over nodes; a node that stops reporting drops out.
+    let rooms = |n| HashMap::from([("live://1".to_owned(), n), ("live://2".to_owned(), 1)]);
+    store
+        .report_online("cloud-a", rooms(3))
+        .await
+        .expect("report");
+    store
+        .report_online("cloud-b", rooms(4))
+        .await
+        .expect("report");
+    let online = store.online().await.expect("online");
+    assert_eq!(online.rooms["live://1"], 7);
+    assert_eq!(online.rooms["live://2"], 2);
+    assert_eq!(online.servers["cloud-a"], 4);
+    until("stale counts dropping out", async || {
+        store
+            .report_online("cloud-b", rooms(4))
+            .await
+            .expect("report");
+        let online = store.online().await.expect("online");
+        !online.servers.contains_key("cloud-a") && online.rooms["live://1"] == 4
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    contract(Arc::new(MemoryStore::new(TTL, ONLINE_TTL))).await;
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis.url, "test:", TTL, ONLINE_TTL, Duration::from_secs(1))
+        .expect("store");
+    contract(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn a_lookup_of_1000_mids_finds_every_key_in_one_pipeline() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(
+        &redis.url,
+        "",
+        Duration::from_secs(60),
+        ONLINE_TTL,
+        Duration::from_secs(1),
+    )
+    .expect("store");
+    for mid in 0..1000 {
+        store
+            .connect(mid, &format!("k{mid}"), "cloud-a")
+            .await
+            .expect("connect");
+    }
+    let mids: Vec<i64> = (0..1000).collect();
+    let started = std::time::Instant::now();
+    let keys = store.keys_of_mids(&mids).await.expect("lookup");
+    let took = started.elapsed();
+    assert_eq!(keys.len(), 1000);
+    // Reported, not asserted: timing belongs in benchmarks.
+    println!("keys_of_mids(1000 mids) through redis: {took:?}");
+}

@@ -96,6 +96,7 @@ impl Cloud {
                     grpc: addr.clone(),
                     ws: String::new(),
                     tcp: String::new(),
+                    load: 0,
                 })
             })
             .collect::<Result<Vec<_>, BadLogicAddr>>()?;

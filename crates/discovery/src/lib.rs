@@ -1,12 +1,17 @@
 //! How imcloud nodes find each other. A [`Discovery`] publishes the current
 //! set of healthy nodes of a service as a `watch` channel, so a node's gRPC
 //! clients follow the set as it changes: static addresses from config now,
-//! Consul's health-checked catalog behind the same trait later.
+//! or Consul's health-checked catalog behind the same trait.
+
+mod consul;
+mod health;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tokio::sync::watch;
+
+pub use consul::{ConsulConfig, ConsulDiscovery, ConsulError, Registration, Secret};
 
 /// Service name of cloud nodes.
 pub const CLOUD_SERVICE: &str = "im-cloud";
@@ -27,6 +32,9 @@ pub struct ServiceNode {
     /// Public TCP address clients should use (cloud nodes).
     #[serde(default)]
     pub tcp: String,
+    /// The node's load (connections) as it last reported it; 0 when unknown.
+    #[serde(default)]
+    pub load: u64,
 }
 
 /// The healthy nodes of each service, kept current.
@@ -75,6 +83,7 @@ mod tests {
             grpc: format!("127.0.0.1:{}", id.len()),
             ws: String::new(),
             tcp: String::new(),
+            load: 0,
         }
     }
 

@@ -50,6 +50,7 @@ impl Standalone {
             grpc: cloud_grpc.to_string(),
             ws: ws_url.clone(),
             tcp: tcp.to_string(),
+            load: 0,
         }];
         let logic_stop = CancellationToken::new();
         let logic = Logic::start(logic_listeners, file.logic, logic_stop.clone())?;

@@ -105,6 +105,7 @@ impl Default for LogicConfig {
                 grpc: "127.0.0.1:3109".to_owned(),
                 ws: "ws://127.0.0.1:3102/sub".to_owned(),
                 tcp: "127.0.0.1:3101".to_owned(),
+                load: 0,
             }],
         }
     }

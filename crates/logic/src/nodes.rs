@@ -23,7 +23,7 @@ pub(crate) struct ClientNode {
     pub(crate) id: String,
     pub(crate) ws: String,
     pub(crate) tcp: String,
-    /// Room members it reported (its load).
+    /// Its load: connections (Consul meta) or room members reported.
     pub(crate) load: i64,
 }
 
@@ -43,7 +43,12 @@ pub(crate) async fn nodes_advice(node: &Node) -> Result<NodesAdvice, StoreError>
         .nodes()
         .into_iter()
         .map(|cloud| ClientNode {
-            load: online.servers.get(&cloud.id).copied().unwrap_or(0),
+            // Discovery's live connection count when it has one (Consul
+            // meta), else the room members the node last reported.
+            load: match cloud.load {
+                0 => online.servers.get(&cloud.id).copied().unwrap_or(0),
+                load => i64::try_from(load).unwrap_or(i64::MAX),
+            },
             id: cloud.id,
             ws: cloud.ws,
             tcp: cloud.tcp,

@@ -92,6 +92,7 @@ pub async fn cluster_of(
             grpc: listeners.grpc.local_addr().expect("addr").to_string(),
             ws: ws_url.clone(),
             tcp: tcp.to_string(),
+            load: 0,
         });
         let config = CloudConfig {
             server_id,

@@ -145,6 +145,20 @@ impl Cloud {
         &self.node.metrics
     }
 
+    /// Cancelled when the node starts draining: the moment to deregister.
+    pub fn stopping(&self) -> CancellationToken {
+        self.node.stop.clone()
+    }
+
+    /// Open client connections, read live (for discovery's load meta).
+    pub fn load(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let node = self.node.clone();
+        move || {
+            u64::try_from(node.metrics.connections("ws") + node.metrics.connections("tcp"))
+                .unwrap_or(0)
+        }
+    }
+
     /// Starts a drain, as `Close` or a shutdown signal would.
     pub fn close(&self) {
         self.node.stop.cancel();

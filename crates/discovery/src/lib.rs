@@ -37,6 +37,30 @@ pub struct ServiceNode {
     pub load: u64,
 }
 
+/// Which discovery a node uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiscoveryKind {
+    /// Addresses from configuration.
+    #[default]
+    Static,
+    /// Consul: nodes register themselves and watch each other.
+    Consul,
+}
+
+/// The `[discovery]` section of a node's configuration.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// `static` (the default) or `consul`.
+    pub kind: DiscoveryKind,
+    /// Host other nodes and clients reach this node at (registered in
+    /// Consul); empty = the listeners' own address, if it is not a wildcard.
+    pub advertise_host: String,
+    /// Consul settings, for `kind = "consul"`.
+    pub consul: ConsulConfig,
+}
+
 /// The healthy nodes of each service, kept current.
 pub trait Discovery: Send + Sync + 'static {
     /// The nodes of `service` now, and every later change.

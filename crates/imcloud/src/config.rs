@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use imcloud_cloud::CloudConfig;
+use imcloud_discovery::DiscoveryConfig;
 use imcloud_logic::LogicConfig;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -66,6 +67,8 @@ impl Default for LogicListen {
 pub struct CloudFile {
     /// Where the node listens.
     pub listen: CloudListen,
+    /// How nodes find each other (static: `cloud.logic_addrs`).
+    pub discovery: DiscoveryConfig,
     /// The node itself.
     pub cloud: CloudConfig,
 }
@@ -76,6 +79,8 @@ pub struct CloudFile {
 pub struct LogicFile {
     /// Where the node listens.
     pub listen: LogicListen,
+    /// How nodes find each other (static: `logic.cloud_nodes`).
+    pub discovery: DiscoveryConfig,
     /// The node itself.
     pub logic: LogicConfig,
 }

@@ -74,6 +74,17 @@ impl Logic {
         shutdown: CancellationToken,
     ) -> Result<Logic, LogicError> {
         let discovery = StaticDiscovery::new().with(CLOUD_SERVICE, config.cloud_nodes.clone());
+        Logic::start_discovering(listeners, config, &discovery, shutdown)
+    }
+
+    /// Starts serving with the configured session store and the cloud
+    /// nodes `discovery` reports.
+    pub fn start_discovering(
+        listeners: Listeners,
+        config: LogicConfig,
+        discovery: &dyn Discovery,
+        shutdown: CancellationToken,
+    ) -> Result<Logic, LogicError> {
         let store: Arc<dyn SessionStore> = match config.session_store {
             SessionStoreKind::Memory => {
                 Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl))
@@ -86,7 +97,7 @@ impl Logic {
                 config.redis_timeout,
             )?),
         };
-        Logic::start_with(listeners, config, store, &discovery, shutdown)
+        Logic::start_with(listeners, config, store, discovery, shutdown)
     }
 
     /// Starts serving with this session store and discovery.
@@ -131,6 +142,11 @@ impl Logic {
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.node.metrics
+    }
+
+    /// Cancelled when the node starts stopping: the moment to deregister.
+    pub fn stopping(&self) -> CancellationToken {
+        self.node.stop.clone()
     }
 
     /// Waits until the node has stopped.

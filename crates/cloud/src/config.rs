@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use imcloud_auth::Secret;
 use serde::Deserialize;
 
 /// Default client body limit (bytes), as in goim.
@@ -75,6 +76,9 @@ pub struct CloudConfig {
     pub ws_read_buffer: usize,
     /// Largest op-9 batch frame the writer builds, in bytes.
     pub max_batch_bytes: usize,
+    /// The cluster's API key: required on this node's gRPC API and sent to
+    /// logic nodes. Required when the gRPC API listens off loopback.
+    pub api_key: Secret,
 }
 
 impl Default for CloudConfig {
@@ -95,6 +99,7 @@ impl Default for CloudConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ws_read_buffer: DEFAULT_WS_READ_BUFFER,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            api_key: Secret::default(),
         }
     }
 }

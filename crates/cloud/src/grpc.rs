@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use imcloud_auth::ApiKey;
 use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
 use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, Empty, Proto, PushMsgReply,
@@ -27,8 +28,9 @@ pub(crate) async fn serve(
     node: Arc<Node>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let check = ApiKey::new(node.config.api_key.clone()).interceptor();
     tonic::transport::Server::builder()
-        .add_service(CloudServer::new(CloudService { node }))
+        .add_service(CloudServer::with_interceptor(CloudService { node }, check))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
 }

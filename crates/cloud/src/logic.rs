@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use imcloud_auth::{ApiKey, KeyInterceptor};
 use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::Proto;
 use imcloud_proto::logic::logic_client::LogicClient;
@@ -41,6 +42,7 @@ pub(crate) enum AuthError {
 #[derive(Clone, Debug)]
 pub(crate) struct Logic {
     client: LogicClient<Channel>,
+    key: KeyInterceptor,
     server_id: String,
     timeout: Duration,
 }
@@ -69,6 +71,7 @@ impl Logic {
         mut nodes: watch::Receiver<Vec<ServiceNode>>,
         server_id: &str,
         timeout: Duration,
+        key: ApiKey,
     ) -> Self {
         let (channel, changes) = Channel::balance_channel::<String>(16);
         tokio::spawn(async move {
@@ -98,6 +101,7 @@ impl Logic {
         });
         Logic {
             client: LogicClient::new(channel),
+            key: key.interceptor(),
             server_id: server_id.to_owned(),
             timeout,
         }
@@ -128,16 +132,20 @@ impl Logic {
             cookie,
             token: token.to_vec(),
         };
-        self.call(self.client.clone().connect(request))
-            .await
-            .map_err(|status| match status.code() {
-                Code::Unauthenticated
-                | Code::PermissionDenied
-                | Code::InvalidArgument
-                | Code::NotFound
-                | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
-                code => AuthError::Unavailable(format!("logic: {code:?}: {}", status.message())),
-            })
+        self.call(
+            self.client
+                .clone()
+                .connect(self.key.attach(tonic::Request::new(request))),
+        )
+        .await
+        .map_err(|status| match status.code() {
+            Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
+            code => AuthError::Unavailable(format!("logic: {code:?}: {}", status.message())),
+        })
     }
 
     /// Closes a client's session.
@@ -147,9 +155,13 @@ impl Logic {
             key: key.to_owned(),
             server: self.server_id.clone(),
         };
-        self.call(self.client.clone().disconnect(request))
-            .await
-            .map(drop)
+        self.call(
+            self.client
+                .clone()
+                .disconnect(self.key.attach(tonic::Request::new(request))),
+        )
+        .await
+        .map(drop)
     }
 
     /// Renews a client's session.
@@ -159,9 +171,13 @@ impl Logic {
             key: key.to_owned(),
             server: self.server_id.clone(),
         };
-        self.call(self.client.clone().heartbeat(request))
-            .await
-            .map(drop)
+        self.call(
+            self.client
+                .clone()
+                .heartbeat(self.key.attach(tonic::Request::new(request))),
+        )
+        .await
+        .map(drop)
     }
 
     /// Hands a client message (op 4) to logic.
@@ -175,9 +191,13 @@ impl Logic {
                 body: packet.body.to_vec(),
             }),
         };
-        self.call(self.client.clone().receive(request))
-            .await
-            .map(drop)
+        self.call(
+            self.client
+                .clone()
+                .receive(self.key.attach(tonic::Request::new(request))),
+        )
+        .await
+        .map(drop)
     }
 
     /// Reports this node's room counts; returns the cluster totals.
@@ -189,8 +209,12 @@ impl Logic {
             server: self.server_id.clone(),
             room_count,
         };
-        self.call(self.client.clone().renew_online(request))
-            .await
-            .map(|reply| reply.all_room_count)
+        self.call(
+            self.client
+                .clone()
+                .renew_online(self.key.attach(tonic::Request::new(request))),
+        )
+        .await
+        .map(|reply| reply.all_room_count)
     }
 }

@@ -18,6 +18,7 @@ use crate::logic::{self, BadLogicAddr, Logic};
 use crate::metrics::Metrics;
 use crate::online::Online;
 use crate::{grpc, http, online};
+use imcloud_auth::ApiKey;
 use imcloud_discovery::{Discovery, LOGIC_SERVICE, ServiceNode, StaticDiscovery};
 
 /// The sockets a cloud node serves, bound by the caller (tests bind port 0).
@@ -42,6 +43,9 @@ pub enum CloudError {
     /// A logic address is malformed.
     #[error(transparent)]
     LogicAddr(#[from] BadLogicAddr),
+    /// The gRPC API would be exposed without an API key.
+    #[error(transparent)]
+    Unprotected(#[from] imcloud_auth::Unprotected),
     /// A listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
@@ -112,12 +116,14 @@ impl Cloud {
         shutdown: CancellationToken,
     ) -> Result<Cloud, CloudError> {
         config.validate()?;
+        ApiKey::new(config.api_key.clone()).guard("cloud gRPC", listeners.grpc.local_addr()?)?;
         let metrics = Arc::new(Metrics::default());
         let node = Arc::new(Node {
             logic: Logic::new(
                 discovery.watch(LOGIC_SERVICE),
                 &config.server_id,
                 config.logic_timeout,
+                ApiKey::new(config.api_key.clone()),
             ),
             buckets: Buckets::spawn(config.bucket_count(), &metrics),
             online: Online::default(),

@@ -19,24 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::health::HealthServiceRequest;
 use crate::{Discovery, ServiceNode};
-
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
-    }
-}
+use imcloud_auth::Secret;
 
 /// How to reach Consul and how this node appears there.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

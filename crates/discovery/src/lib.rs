@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-pub use consul::{ConsulConfig, ConsulDiscovery, ConsulError, Registration, Secret};
+pub use consul::{ConsulConfig, ConsulDiscovery, ConsulError, Registration};
 
 /// Service name of cloud nodes.
 pub const CLOUD_SERVICE: &str = "im-cloud";

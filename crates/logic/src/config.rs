@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use imcloud_auth::Secret;
 use imcloud_discovery::ServiceNode;
 use serde::Deserialize;
 
@@ -80,6 +81,10 @@ pub struct LogicConfig {
     /// Deadline of one Redis call; past it the request fails with 503.
     #[serde(with = "humantime_serde")]
     pub redis_timeout: Duration,
+    /// The cluster's API key: required from backends on the HTTP API
+    /// (`Authorization: Bearer <key>`) and on the gRPC API, and sent to cloud
+    /// nodes. Required when either API listens off loopback.
+    pub api_key: Secret,
     /// Cloud nodes, for static discovery.
     pub cloud_nodes: Vec<ServiceNode>,
 }
@@ -100,6 +105,7 @@ impl Default for LogicConfig {
             redis_url: DEFAULT_REDIS_URL.to_owned(),
             redis_prefix: String::new(),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            api_key: Secret::default(),
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
                 grpc: "127.0.0.1:3109".to_owned(),

@@ -22,8 +22,9 @@ pub(crate) async fn serve(
     node: Arc<Node>,
 ) -> Result<(), tonic::transport::Error> {
     let stop = node.stop.clone();
+    let check = node.api_key.interceptor();
     tonic::transport::Server::builder()
-        .add_service(LogicServer::new(LogicService { node }))
+        .add_service(LogicServer::with_interceptor(LogicService { node }, check))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
 }

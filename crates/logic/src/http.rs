@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -23,12 +24,17 @@ use crate::session::StoreError;
 pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<()> {
     let stop = node.stop.clone();
     let limit = node.config.max_push_body;
-    let app = Router::new()
+    // Backend routes need the API key; nodes, health and metrics are for
+    // clients, balancers and scrapers.
+    let backend = Router::new()
         .route("/im/push/{kind}", post(push_im))
         .route("/goim/push/{kind}", post(push_goim))
         .route("/{style}/online/top", get(online_top))
         .route("/{style}/online/room", get(online_room))
         .route("/{style}/online/total", get(online_total))
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_key));
+    let app = Router::new()
+        .merge(backend)
         .route("/{style}/nodes", get(nodes))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -38,6 +44,23 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Re
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
+}
+
+/// Refuses backend calls without the API key (401).
+async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    if node.api_key.accepts(presented) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key: send Authorization: Bearer <api_key>",
+        )
+        .into_response()
+    }
 }
 
 /// An API error: its HTTP status, and a message that says what to fix.

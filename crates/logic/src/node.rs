@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use imcloud_auth::ApiKey;
 use imcloud_discovery::{CLOUD_SERVICE, Discovery, StaticDiscovery};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -33,6 +34,9 @@ pub enum LogicError {
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A backend API would be exposed without an API key.
+    #[error(transparent)]
+    Unprotected(#[from] imcloud_auth::Unprotected),
     /// The session store cannot be set up (a malformed Redis URL).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -55,6 +59,8 @@ pub(crate) struct Node {
     pub(crate) clouds: Clouds,
     pub(crate) metrics: Metrics,
     pub(crate) webhook: reqwest::Client,
+    /// Required from backends and cloud nodes.
+    pub(crate) api_key: ApiKey,
     /// Cancelled to stop the node (shutdown or `Close`).
     pub(crate) stop: CancellationToken,
 }
@@ -109,6 +115,9 @@ impl Logic {
         shutdown: CancellationToken,
     ) -> Result<Logic, LogicError> {
         config.validate()?;
+        let key = ApiKey::new(config.api_key.clone());
+        key.guard("logic gRPC", listeners.grpc.local_addr()?)?;
+        key.guard("logic HTTP", listeners.http.local_addr()?)?;
         let verifier: Arc<dyn TokenVerifier> = match config.verifier {
             VerifierKind::InsecureJson => {
                 warn!(
@@ -124,7 +133,12 @@ impl Logic {
             "logic node serving"
         );
         let node = Arc::new(Node {
-            clouds: Clouds::new(discovery.watch(CLOUD_SERVICE), config.call_timeout),
+            clouds: Clouds::new(
+                discovery.watch(CLOUD_SERVICE),
+                config.call_timeout,
+                key.interceptor(),
+            ),
+            api_key: key,
             webhook: reqwest::Client::builder()
                 .timeout(config.call_timeout)
                 .build()

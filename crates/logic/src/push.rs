@@ -177,6 +177,7 @@ impl Node {
                     proto_op: 0,
                     proto: Some(proto.clone()),
                 };
+                let request = self.clouds.request(request);
                 async move { client.push_msg(request).await.map(drop) }
             })
             .await;
@@ -211,6 +212,7 @@ impl Node {
                     room_id: room.clone(),
                     proto: Some(proto.clone()),
                 };
+                let request = self.clouds.request(request);
                 async move { client.broadcast_room(request).await.map(drop) }
             })
             .await;
@@ -249,6 +251,7 @@ impl Node {
                     proto: Some(proto.clone()),
                     speed: share,
                 };
+                let request = self.clouds.request(request);
                 async move { client.broadcast(request).await.map(drop) }
             })
             .await;

@@ -7,6 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use imcloud_auth::KeyInterceptor;
 use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::cloud_client::CloudClient;
 use tokio::sync::watch;
@@ -20,6 +21,8 @@ pub(crate) struct Clouds {
     /// Lazily connected clients, by gRPC address.
     clients: Mutex<HashMap<String, CloudClient<Channel>>>,
     timeout: Duration,
+    /// Adds the cluster's API key to every call.
+    key: KeyInterceptor,
 }
 
 /// What a fan-out achieved.
@@ -34,12 +37,22 @@ pub(crate) struct Fanout {
 }
 
 impl Clouds {
-    pub(crate) fn new(nodes: watch::Receiver<Vec<ServiceNode>>, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        nodes: watch::Receiver<Vec<ServiceNode>>,
+        timeout: Duration,
+        key: KeyInterceptor,
+    ) -> Self {
         Clouds {
             nodes,
             clients: Mutex::new(HashMap::new()),
             timeout,
+            key,
         }
+    }
+
+    /// A request carrying the cluster's API key.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.key.attach(tonic::Request::new(message))
     }
 
     /// The cloud nodes known now.

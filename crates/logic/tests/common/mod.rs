@@ -8,6 +8,7 @@ pub mod redis;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use imcloud_auth::Secret;
 use imcloud_client::Client;
 use imcloud_cloud::{Cloud, CloudConfig};
 use imcloud_discovery::ServiceNode;
@@ -60,6 +61,16 @@ pub async fn cluster_of(
     n: usize,
     tweak: impl Fn(usize, &mut LogicConfig),
 ) -> Cluster {
+    cluster_keyed(logics, n, "", tweak).await
+}
+
+/// As [`cluster_of`], every node requiring (and sending) the API key `key`.
+pub async fn cluster_keyed(
+    logics: usize,
+    n: usize,
+    key: &str,
+    tweak: impl Fn(usize, &mut LogicConfig),
+) -> Cluster {
     let mut logic_listeners = Vec::new();
     for _ in 0..logics {
         logic_listeners.push(imcloud_logic::Listeners {
@@ -98,6 +109,7 @@ pub async fn cluster_of(
             server_id,
             logic_addrs: vec![grpcs[i % logics].to_string()],
             online_report_interval: Duration::from_millis(100),
+            api_key: Secret::new(key),
             ..CloudConfig::default()
         };
         let shutdown = CancellationToken::new();
@@ -115,6 +127,7 @@ pub async fn cluster_of(
         let mut config = LogicConfig {
             server_id: format!("logic-{i}"),
             cloud_nodes: known.clone(),
+            api_key: Secret::new(key),
             ..LogicConfig::default()
         };
         tweak(i, &mut config);

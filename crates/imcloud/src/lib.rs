@@ -4,6 +4,7 @@
 
 pub mod config;
 mod standalone;
+mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{CloudFile, LogicFile, StandaloneFile, load};
 pub use standalone::Standalone;
+pub use token::{TokenArgs, mint_token};
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)

@@ -36,6 +36,8 @@ enum Mode {
     Logic,
     /// One logic and one cloud node in one process, on 127.0.0.1.
     Standalone,
+    /// Print a development token signed with the configuration's secret.
+    Token(imcloud::TokenArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +76,10 @@ fn on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Mode::Token(args) = &cli.mode {
+        println!("{}", imcloud::mint_token(cli.config.as_deref(), args)?);
+        return Ok(());
+    }
     init_tracing(&cli.log, cli.log_format)?;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone())?;
@@ -82,5 +88,6 @@ async fn main() -> anyhow::Result<()> {
         Mode::Cloud => imcloud::run_cloud(imcloud::load(config)?, shutdown).await,
         Mode::Logic => imcloud::run_logic(imcloud::load(config)?, shutdown).await,
         Mode::Standalone => imcloud::run_standalone(imcloud::load(config)?, shutdown).await,
+        Mode::Token(_) => Ok(()),
     }
 }

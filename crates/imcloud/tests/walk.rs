@@ -1,11 +1,11 @@
-//! The README's walk: start imcloud standalone, connect a WebSocket client,
-//! authenticate, push over HTTP, see it arrive. Once in-process, once with
+//! The README's walk: start imcloud standalone, mint a development token,
+//! connect a WebSocket client, authenticate, push over HTTP, see it arrive. Once in-process, once with
 //! the real binary (which must also drain on SIGTERM).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use imcloud::{Standalone, StandaloneFile};
+use imcloud::{Standalone, StandaloneFile, TokenArgs};
 use imcloud_client::Client;
 use imcloud_protocol::{CloseReason, Op};
 use serde_json::Value;
@@ -26,14 +26,12 @@ fn any_ports() -> StandaloneFile {
     file
 }
 
-/// Connects, authenticates with a goim JSON token, and has the push API
-/// deliver one message to user 123.
-async fn walk(ws_url: &str, api_url: &str) -> Client {
+/// Connects, authenticates with `token` (user 123), and has the push API
+/// deliver one message to the user.
+async fn walk(ws_url: &str, api_url: &str, token: String) -> Client {
     let mut client = Client::connect_ws(ws_url).await.expect("connect");
-    let token =
-        r#"{"mid":123,"room_id":"live://1000","platform":"web","accepts":[1000,1001,1002]}"#;
     let me = client.auth(token).await.expect("auth");
-    assert_eq!(me.mid, 123);
+    assert_eq!((me.mid, me.room_id.as_str()), (123, "live://1000"));
 
     // curl -d 'mids=123&msg=hello' http://127.0.0.1:3111/im/push/mids
     let response = reqwest::Client::new()
@@ -58,7 +56,16 @@ async fn the_walk_in_process() {
     let imcloud = Standalone::start(any_ports(), shutdown.clone())
         .await
         .expect("start");
-    let mut client = walk(&imcloud.ws_url, &imcloud.api_url).await;
+    let args = TokenArgs {
+        mid: 123,
+        room: Some("live://1000".to_owned()),
+        accepts: vec![1000, 1001],
+        key: None,
+        platform: None,
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let token = imcloud::mint_token(None, &args).expect("token");
+    let mut client = walk(&imcloud.ws_url, &imcloud.api_url, token).await;
     shutdown.cancel();
     let body = client.closed().await.expect("op 6");
     assert_eq!(body.close_reason(), Some(CloseReason::Draining));
@@ -105,7 +112,31 @@ async fn the_walk_with_the_binary_and_a_sigterm() {
     // Keep draining the logs so the child never blocks on a full pipe.
     std::thread::spawn(move || logs.for_each(drop));
 
-    let mut client = walk(&ws_url, &api_url).await;
+    // imcloud token --mid 123 --room live://1000 --accepts 1000, with the same config.
+    let minted = Command::new(env!("CARGO_BIN_EXE_imcloud"))
+        .args([
+            "token",
+            "--mid",
+            "123",
+            "--room",
+            "live://1000",
+            "--accepts",
+            "1000",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("imcloud token");
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let mut client = walk(&ws_url, &api_url, token).await;
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

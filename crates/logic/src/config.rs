@@ -24,10 +24,75 @@ pub const DEFAULT_MAX_PUSH_BODY: usize = 1024 * 1024;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifierKind {
-    /// goim's trusted JSON token (`{"mid":1,"room_id":"live://1",...}`):
-    /// anyone can claim any user. For development only.
+    /// Signed JWTs (`[logic.jwt]`).
     #[default]
+    Jwt,
+    /// A backend decides (`[logic.token_webhook]`).
+    Webhook,
+    /// goim's trusted JSON token (`{"mid":1,"room_id":"live://1",...}`):
+    /// anyone can claim any user. For development only; warned about.
     InsecureJson,
+}
+
+/// The HS256 secret of the shipped configuration, so that `imcloud token`
+/// and `imcloud standalone` agree out of the box. A node refuses to start
+/// with it anywhere but on loopback.
+pub const DEVELOPMENT_SECRET: &str = "imcloud-development-secret-do-not-deploy";
+
+/// JWT algorithms imcloud verifies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `secret`.
+    #[default]
+    HS256,
+    /// RSA-SHA256 with `public_key_file`.
+    RS256,
+}
+
+/// `[logic.jwt]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// HS256 or RS256.
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 shared secret.
+    pub secret: Secret,
+    /// The RS256 public key (PEM file).
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: Secret::new(DEVELOPMENT_SECRET),
+            public_key_file: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[logic.token_webhook]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenWebhookConfig {
+    /// The backend URL tokens are POSTed to.
+    pub url: String,
+    /// Deadline of one call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TokenWebhookConfig {
+    fn default() -> Self {
+        TokenWebhookConfig {
+            url: String::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Where sessions live.
@@ -52,8 +117,12 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct LogicConfig {
     /// This node's id.
     pub server_id: String,
-    /// How client tokens are verified.
+    /// How client tokens are verified: `jwt`, `webhook` or `insecure-json`.
     pub verifier: VerifierKind,
+    /// JWT settings, for `verifier = "jwt"`.
+    pub jwt: JwtConfig,
+    /// Webhook settings, for `verifier = "webhook"`.
+    pub token_webhook: TokenWebhookConfig,
     /// Heartbeat interval told to clients at auth.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
@@ -93,7 +162,9 @@ impl Default for LogicConfig {
     fn default() -> Self {
         LogicConfig {
             server_id: "logic-1".to_owned(),
-            verifier: VerifierKind::InsecureJson,
+            verifier: VerifierKind::Jwt,
+            jwt: JwtConfig::default(),
+            token_webhook: TokenWebhookConfig::default(),
             heartbeat: DEFAULT_HEARTBEAT,
             session_ttl: DEFAULT_SESSION_TTL,
             online_ttl: DEFAULT_ONLINE_TTL,

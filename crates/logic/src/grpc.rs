@@ -15,7 +15,6 @@ use crate::node::Node;
 use crate::nodes::nodes_advice;
 use crate::push::Message;
 use crate::session::StoreError;
-use crate::verifier::VerifyError;
 
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -67,11 +66,7 @@ impl Logic for LogicService {
             Ok(identity) => identity,
             Err(err) => {
                 self.node.metrics.connect(false);
-                return Err(match err {
-                    VerifyError::Malformed(_) | VerifyError::Refused(_) => {
-                        Status::unauthenticated(err.to_string())
-                    }
-                });
+                return Err(err.into());
             }
         };
         let key = identity

@@ -18,11 +18,14 @@ mod router;
 mod session;
 mod verifier;
 
-pub use config::{LogicConfig, SessionStoreKind, VerifierKind};
+pub use config::{
+    DEVELOPMENT_SECRET, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind, TokenWebhookConfig,
+    VerifierKind,
+};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use node::{Listeners, Logic, LogicError, run};
 pub use push::{DEFAULT_OPERATION, Delivered, Message, PushError};
 pub use redis_store::RedisStore;
 pub use session::{Online, SessionStore, StoreError};
-pub use verifier::{Identity, InsecureJson, TokenVerifier, VerifyError};
+pub use verifier::{Claims, Identity, InsecureJson, Jwt, TokenVerifier, VerifyError, Webhook};

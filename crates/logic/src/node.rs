@@ -9,14 +9,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, LogicConfig, SessionStoreKind, VerifierKind};
+use crate::config::{
+    ConfigError, DEVELOPMENT_SECRET, JwtAlgorithm, LogicConfig, SessionStoreKind, VerifierKind,
+};
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
 use crate::redis_store::RedisStore;
 use crate::router::Clouds;
 use crate::session::SessionStore;
 use crate::session::StoreError;
-use crate::verifier::{InsecureJson, TokenVerifier};
+use crate::verifier::{InsecureJson, Jwt, TokenVerifier, Webhook};
 use crate::{grpc, http};
 
 /// The sockets a logic node serves, bound by the caller.
@@ -34,6 +36,15 @@ pub enum LogicError {
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The token verifier cannot be set up (an unreadable key).
+    #[error("token verifier: {0}")]
+    Verifier(String),
+    /// The development JWT secret on a reachable address.
+    #[error(
+        "the logic node listens on {0}, which is not loopback, with the development JWT secret: \
+         set [logic.jwt] secret to a secret of your own"
+    )]
+    DevelopmentSecret(std::net::SocketAddr),
     /// A backend API would be exposed without an API key.
     #[error(transparent)]
     Unprotected(#[from] imcloud_auth::Unprotected),
@@ -118,14 +129,7 @@ impl Logic {
         let key = ApiKey::new(config.api_key.clone());
         key.guard("logic gRPC", listeners.grpc.local_addr()?)?;
         key.guard("logic HTTP", listeners.http.local_addr()?)?;
-        let verifier: Arc<dyn TokenVerifier> = match config.verifier {
-            VerifierKind::InsecureJson => {
-                warn!(
-                    "verifier insecure-json trusts every token: any client can claim any user; development only"
-                );
-                Arc::new(InsecureJson)
-            }
-        };
+        let verifier = verifier(&config, &listeners)?;
         info!(
             server_id = %config.server_id,
             grpc = %listeners.grpc.local_addr()?,
@@ -167,6 +171,53 @@ impl Logic {
     pub async fn wait(self) -> Result<(), LogicError> {
         self.task.await?
     }
+}
+
+/// The configured token verifier. The development secret is refused off
+/// loopback: tokens signed with it can be minted by anyone who reads the docs.
+fn verifier(
+    config: &LogicConfig,
+    listeners: &Listeners,
+) -> Result<Arc<dyn TokenVerifier>, LogicError> {
+    Ok(match config.verifier {
+        VerifierKind::InsecureJson => {
+            warn!(
+                "verifier insecure-json trusts every token: any client can claim any user; development only"
+            );
+            Arc::new(InsecureJson)
+        }
+        VerifierKind::Webhook => Arc::new(Webhook::new(
+            &config.token_webhook.url,
+            config.token_webhook.timeout,
+        )),
+        VerifierKind::Jwt => match config.jwt.algorithm {
+            JwtAlgorithm::HS256 => {
+                if config.jwt.secret.expose() == DEVELOPMENT_SECRET {
+                    for addr in [listeners.grpc.local_addr()?, listeners.http.local_addr()?] {
+                        if !addr.ip().is_loopback() {
+                            return Err(LogicError::DevelopmentSecret(addr));
+                        }
+                    }
+                    warn!(
+                        "jwt uses the development secret: fine on this machine, never in production"
+                    );
+                }
+                Arc::new(Jwt::hs256(
+                    config.jwt.secret.expose().as_bytes(),
+                    config.jwt.leeway,
+                ))
+            }
+            JwtAlgorithm::RS256 => {
+                let path = config.jwt.public_key_file.clone().unwrap_or_default();
+                let pem = std::fs::read(&path)
+                    .map_err(|err| LogicError::Verifier(format!("{}: {err}", path.display())))?;
+                Arc::new(
+                    Jwt::rs256(&pem, config.jwt.leeway)
+                        .map_err(|err| LogicError::Verifier(err.to_string()))?,
+                )
+            }
+        },
+    })
 }
 
 /// Runs a logic node (memory store, static discovery) until it stops.

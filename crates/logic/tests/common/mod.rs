@@ -128,6 +128,8 @@ pub async fn cluster_keyed(
             server_id: format!("logic-{i}"),
             cloud_nodes: known.clone(),
             api_key: Secret::new(key),
+            // The e2e tests state identities in plain JSON tokens.
+            verifier: imcloud_logic::VerifierKind::InsecureJson,
             ..LogicConfig::default()
         };
         tweak(i, &mut config);

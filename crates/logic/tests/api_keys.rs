@@ -90,10 +90,11 @@ async fn a_node_exposed_off_loopback_without_a_key_refuses_to_start() {
             .await
             .expect("bind"),
     };
-    let config = LogicConfig {
+    let mut config = LogicConfig {
         api_key: Secret::new("k"),
         ..LogicConfig::default()
     };
+    config.jwt.secret = Secret::new("a-production-secret-of-length");
     let shutdown = CancellationToken::new();
     assert!(
         Logic::start(listeners, config, shutdown.clone()).is_ok(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::{cluster_of, token};
+use imcloud_client::{Client, ClientError};
 use imcloud_logic::SessionStoreKind;
 
 async fn shared_cluster(redis: &RedisServer) -> common::Cluster {
@@ -61,8 +62,27 @@ async fn redis_down_is_a_503_with_the_reason_and_its_return_heals() {
 
     redis.restart();
     // The restarted Redis is empty: the session comes back with the next
-    // renewal; re-authenticating is the quickest way to make one here.
-    let mut again = cluster.ws(0, token(8, Some("k8b"), "", &[])).await;
+    // renewal; re-authenticating is the quickest way to make one here. A
+    // client told "auth unavailable" retries, as the close code asks.
+    let mut again = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..50 {
+        tick.tick().await;
+        let mut client = Client::connect_ws(&cluster.clouds[0].ws_url)
+            .await
+            .expect("ws");
+        match client.auth(token(8, Some("k8b"), "", &[])).await {
+            Ok(_) => {
+                again = Some(client);
+                break;
+            }
+            Err(ClientError::Closed(body)) if body.reconnect => {
+                eprintln!("retrying: {}", body.reason)
+            }
+            Err(err) => panic!("auth after the restart: {err}"),
+        }
+    }
+    let mut again = again.expect("authenticated once Redis was back");
     let (status, body) = cluster
         .post_form_to(1, "/im/push/mids", "mids=8&msg=back")
         .await;

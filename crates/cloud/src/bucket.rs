@@ -86,10 +86,6 @@ enum Command {
     RoomCounts {
         reply: oneshot::Sender<HashMap<RoomId, usize>>,
     },
-    CloseAll {
-        body: CloseBody,
-        done: oneshot::Sender<usize>,
-    },
 }
 
 struct Bucket {
@@ -191,12 +187,6 @@ impl Bucket {
                     .map(|(room, members)| (room.clone(), members.len()))
                     .collect();
                 let _ = reply.send(counts);
-            }
-            Command::CloseAll { body, done } => {
-                for member in self.members.values() {
-                    member.outbox.close(body.clone());
-                }
-                let _ = done.send(self.members.len());
             }
         }
     }
@@ -422,20 +412,6 @@ impl Buckets {
             for (room, count) in handle.ask(|reply| Command::RoomCounts { reply }).await? {
                 *total.entry(room).or_default() += count;
             }
-        }
-        Ok(total)
-    }
-
-    /// Asks every connection to close with `body`; returns how many were asked.
-    pub(crate) async fn close_all(&self, body: &CloseBody) -> Result<usize, BucketGone> {
-        let mut total = 0;
-        for handle in &self.handles {
-            total += handle
-                .ask(|done| Command::CloseAll {
-                    body: body.clone(),
-                    done,
-                })
-                .await?;
         }
         Ok(total)
     }

@@ -23,6 +23,10 @@ pub const DEFAULT_LOGIC_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time clients get to leave during a drain before the rest are cut.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Default clients told to leave per second during a drain.
+pub const DEFAULT_DRAIN_RATE: u32 = 2000;
+/// Default longest reconnect-after hint of a drain.
+pub const DEFAULT_DRAIN_JITTER: Duration = Duration::from_secs(5);
 /// Default total connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default tungstenite read buffer. Client traffic is tiny (heartbeats,
@@ -72,6 +76,15 @@ pub struct CloudConfig {
     pub drain_grace: Duration,
     /// Total connections this node accepts (authenticated or not).
     pub max_connections: usize,
+    /// Connections from one client IP address; 0 = no limit (the default:
+    /// clients behind one NAT, and benchmarks, share few addresses).
+    pub max_connections_per_ip: usize,
+    /// On shutdown, clients told to leave per second (no reconnect storm).
+    pub drain_rate: u32,
+    /// Longest reconnect-after hint given to a drained client; each gets a
+    /// random one up to this, so they come back spread out.
+    #[serde(with = "humantime_serde")]
+    pub drain_jitter: Duration,
     /// tungstenite read buffer per WebSocket connection, in bytes.
     pub ws_read_buffer: usize,
     /// Largest op-9 batch frame the writer builds, in bytes.
@@ -97,6 +110,9 @@ impl Default for CloudConfig {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             drain_grace: DEFAULT_DRAIN_GRACE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: 0,
+            drain_rate: DEFAULT_DRAIN_RATE,
+            drain_jitter: DEFAULT_DRAIN_JITTER,
             ws_read_buffer: DEFAULT_WS_READ_BUFFER,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             api_key: Secret::default(),
@@ -129,6 +145,9 @@ impl CloudConfig {
         }
         if self.send_queue == 0 {
             return invalid("send_queue", "must be at least 1");
+        }
+        if self.drain_rate == 0 {
+            return invalid("drain_rate", "must be at least 1");
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");

@@ -14,6 +14,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tracing::{debug, warn};
 
 use crate::bucket::{BucketHandle, Key, Member, RoomId};
+use crate::listener::IpSlot;
 use crate::logic::AuthError;
 use crate::node::Node;
 use crate::outbox::Outbox;
@@ -64,12 +65,15 @@ pub(crate) async fn serve<T: Transport>(
     mut transport: T,
     node: Arc<Node>,
     cookie: String,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<(OwnedSemaphorePermit, Option<IpSlot>)>,
 ) {
     node.metrics.connection_opened(T::NAME);
     let mut session = None;
     let end = if permit.is_none() {
-        End::close(CloseReason::ConnectionLimit, "this node is full")
+        End::close(
+            CloseReason::ConnectionLimit,
+            "this node is full, or your address has too many connections",
+        )
     } else {
         // Boxed: the auth future (a gRPC call) is large and only lives
         // through the handshake, so it must not size the connection's
@@ -110,7 +114,7 @@ async fn authenticate<T: Transport>(
             ));
         }
         Ok(None) => return Err(End::Gone("closed before auth".to_owned())),
-        Ok(Some(Err(err))) => return Err(err.into()),
+        Ok(Some(Err(err))) => return Err(transport_end(node, err)),
         Ok(Some(Ok(packet))) if packet.op != Op::AUTH => {
             return Err(End::protocol(format!(
                 "the first packet must be auth (op 7), got {}",
@@ -127,7 +131,7 @@ async fn authenticate<T: Transport>(
         .map_err(|err| {
             let reason = match err {
                 AuthError::Refused(_) => CloseReason::AuthFailed,
-                AuthError::Unavailable(_) => CloseReason::AuthUnavailable,
+                AuthError::Unavailable(_) => CloseReason::LogicUnavailable,
             };
             node.metrics.auth_failed(reason);
             End::close(reason, err.to_string())
@@ -242,7 +246,7 @@ impl Session {
                 }
                 received = transport.recv() => match received {
                     None => return End::Gone("client closed".to_owned()),
-                    Some(Err(err)) => return err.into(),
+                    Some(Err(err)) => return transport_end(&self.node, err),
                     Some(Ok(packet)) => {
                         deadline.as_mut().reset(Instant::now() + idle);
                         if let Err(end) = self.handle(packet).await {
@@ -368,6 +372,14 @@ impl Session {
     }
 }
 
+/// The end a transport error means, counting a `max_body` hit.
+fn transport_end(node: &Node, err: TransportError) -> End {
+    if err.is_too_large() {
+        node.metrics.limit_hit("max_body");
+    }
+    err.into()
+}
+
 fn stopping() -> End {
     End::close(CloseReason::Draining, "the node is shutting down")
 }
@@ -405,6 +417,11 @@ async fn finish<T: Transport>(transport: &mut T, node: &Node, session: Option<Se
         End::Close(body) => {
             let reason = body.close_reason().unwrap_or(CloseReason::ServerError);
             node.metrics.closed(reason);
+            match reason {
+                CloseReason::SlowConsumer => node.metrics.limit_hit("send_queue"),
+                CloseReason::HandshakeTimeout => node.metrics.limit_hit("handshake_timeout"),
+                _ => {}
+            }
             debug!(code = body.code, reason = %body.reason, "closing connection");
             let mut last = match (&session, reason) {
                 // What a slow consumer did not read would only delay the close.

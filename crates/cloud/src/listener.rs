@@ -1,7 +1,11 @@
 //! Accepting clients: one loop per listener, one task per connection.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -56,9 +60,75 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Open connections per client address, for `max_connections_per_ip`.
+#[derive(Debug, Default)]
+pub(crate) struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`]; freed on drop.
+pub(crate) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(ip).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_ip
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Takes a connection slot and, when limited, a per-address slot; `None`
+/// (with the limit counted) when either is exhausted.
+fn admit(node: &Node, ip: IpAddr) -> Option<(OwnedSemaphorePermit, Option<IpSlot>)> {
+    let Ok(permit) = node.slots.clone().try_acquire_owned() else {
+        node.metrics.limit_hit("connections");
+        return None;
+    };
+    let limit = node.config.max_connections_per_ip;
+    if limit == 0 {
+        return Some((permit, None));
+    }
+    match node.per_ip.acquire(ip, limit) {
+        Some(slot) => Some((permit, Some(slot))),
+        None => {
+            node.metrics.limit_hit("connections_per_ip");
+            None
+        }
+    }
+}
+
 async fn handle(stream: TcpStream, kind: Kind, node: Arc<Node>) {
     let _ = stream.set_nodelay(true);
-    let permit = node.slots.clone().try_acquire_owned().ok();
+    let ip = stream
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
+    let permit = admit(&node, ip);
     match kind {
         Kind::Tcp => {
             let transport = TcpTransport::new(stream, node.config.max_body);

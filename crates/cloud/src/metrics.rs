@@ -19,6 +19,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -40,6 +45,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabel, Counter>,
     auth_ok: Counter,
     delivered: Family<KindLabel, Counter>,
+    limits: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,6 +56,12 @@ impl Default for Metrics {
         let auth_failures = Family::<ReasonLabel, Counter>::default();
         let auth_ok = Counter::default();
         let delivered = Family::<KindLabel, Counter>::default();
+        let limits = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "limits_hit",
+            "Times a limit refused or closed a client (connections, connections_per_ip, handshake_timeout, max_body, send_queue)",
+            limits.clone(),
+        );
         registry.register(
             "connections",
             "Open client connections",
@@ -78,6 +90,7 @@ impl Default for Metrics {
             auth_failures,
             auth_ok,
             delivered,
+            limits,
         }
     }
 }
@@ -105,6 +118,15 @@ impl Metrics {
         self.connections
             .get_or_create(&TransportLabel { transport })
             .get()
+    }
+
+    /// How many times `limit` was hit.
+    pub fn limits_hit(&self, limit: &'static str) -> u64 {
+        self.limits.get_or_create(&LimitLabel { limit }).get()
+    }
+
+    pub(crate) fn limit_hit(&self, limit: &'static str) {
+        self.limits.get_or_create(&LimitLabel { limit }).inc();
     }
 
     pub(crate) fn connection_opened(&self, transport: &'static str) {

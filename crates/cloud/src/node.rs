@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::bucket::Buckets;
 use crate::config::{CloudConfig, ConfigError};
+use crate::listener::PerIp;
 use crate::listener::{Kind, accept_loop};
 use crate::logic::{self, BadLogicAddr, Logic};
 use crate::metrics::Metrics;
@@ -68,6 +69,8 @@ pub(crate) struct Node {
     pub(crate) next_conn_id: AtomicU64,
     /// Connection slots (`max_connections`).
     pub(crate) slots: Arc<Semaphore>,
+    /// Connections per client address (`max_connections_per_ip`).
+    pub(crate) per_ip: Arc<PerIp>,
     /// Cancelled when the node starts draining (shutdown or `Close`).
     pub(crate) stop: CancellationToken,
     /// Cancelled when the drain grace runs out: remaining connections are cut.
@@ -130,6 +133,7 @@ impl Cloud {
             metrics,
             next_conn_id: AtomicU64::new(1),
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: Arc::new(PerIp::default()),
             stop: shutdown.child_token(),
             cut: CancellationToken::new(),
             config,
@@ -185,6 +189,30 @@ pub async fn run(
     Cloud::start(listeners, config, shutdown)?.wait().await
 }
 
+/// Tells every client to leave (op 6 `draining`), `drain_rate` per second,
+/// each with a random reconnect-after hint up to `drain_jitter`, so they do
+/// not all come back to the other nodes at once. Returns how many were told.
+async fn tell_to_leave(node: &Node, everyone: &[Arc<crate::outbox::Outbox>]) -> usize {
+    let rate = node.config.drain_rate.max(1);
+    let step = (rate / 10).max(1) as usize;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(
+        step as f64 / f64::from(rate),
+    ));
+    let jitter_ms = u64::try_from(node.config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
+    let mut told = 0;
+    for group in everyone.chunks(step) {
+        tick.tick().await;
+        for outbox in group {
+            let mut body = CloseBody::new(CloseReason::Draining, Some("the node is shutting down"));
+            body.retry_after_ms = Some(fastrand::u64(0..=jitter_ms));
+            if outbox.close(body) {
+                told += 1;
+            }
+        }
+    }
+    told
+}
+
 /// The node's life: serve until stopped, then drain in order: stop
 /// accepting, tell every client to reconnect elsewhere (op 6 `draining`),
 /// wait for them to leave (up to `drain_grace`), cut the rest, stop the APIs.
@@ -212,16 +240,13 @@ async fn serve(node: Arc<Node>, listeners: Listeners) -> Result<(), CloudError> 
     // The accept loops return on `stop`, dropping their listeners.
     tcp.await?;
     ws.await?;
-    let told = node
-        .buckets
-        .close_all(&CloseBody::new(
-            CloseReason::Draining,
-            Some("the node is shutting down"),
-        ))
+    let deadline = tokio::time::Instant::now() + node.config.drain_grace;
+    let everyone = node.buckets.select(None).await.unwrap_or_default();
+    let told = tokio::time::timeout_at(deadline, tell_to_leave(&node, &everyone))
         .await
         .unwrap_or(0);
     connections.close();
-    if tokio::time::timeout(node.config.drain_grace, connections.wait())
+    if tokio::time::timeout_at(deadline, connections.wait())
         .await
         .is_err()
     {

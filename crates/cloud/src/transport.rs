@@ -18,7 +18,10 @@ pub(crate) enum TransportError {
     /// A WebSocket client sent a text frame; packets travel in binary frames.
     #[error("text frames are not accepted: send packets in binary frames")]
     TextFrame,
-    /// A WebSocket client broke RFC 6455 or sent an oversized frame.
+    /// A WebSocket frame over the size limit (`max_body` + header).
+    #[error("websocket frame too large: {0}")]
+    FrameTooLarge(String),
+    /// A WebSocket client broke RFC 6455.
     #[error("websocket: {0}")]
     WebSocket(String),
     /// The socket failed or the peer went away.
@@ -31,6 +34,15 @@ impl TransportError {
     /// 6), as opposed to the connection simply failing.
     pub(crate) fn is_violation(&self) -> bool {
         !matches!(self, TransportError::Io(_))
+    }
+
+    /// Whether the client hit the `max_body` limit.
+    pub(crate) fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            TransportError::FrameTooLarge(_)
+                | TransportError::Packet(ProtocolError::BodyTooLarge { .. })
+        )
     }
 }
 

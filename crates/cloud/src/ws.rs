@@ -86,6 +86,7 @@ fn map_ws_error(err: WsError) -> TransportError {
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             TransportError::Io(std::io::ErrorKind::ConnectionReset.into())
         }
+        WsError::Capacity(err) => TransportError::FrameTooLarge(err.to_string()),
         other => TransportError::WebSocket(other.to_string()),
     }
 }

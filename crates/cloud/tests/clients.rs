@@ -123,7 +123,7 @@ async fn logic_down_means_auth_unavailable_and_a_reconnect_hint() {
         let mut client = connect(&node, transport).await;
         let body = closed_with(
             client.auth(token(1, "k", "", &[])).await,
-            CloseReason::AuthUnavailable,
+            CloseReason::LogicUnavailable,
         );
         assert!(body.reconnect);
     }
@@ -349,6 +349,10 @@ async fn oversized_and_malformed_packets_close_the_connection() {
             "{}",
             body.reason
         );
+        assert!(
+            node.cloud().metrics().limits_hit("max_body") >= 1,
+            "counted"
+        );
 
         // An op a client may not send.
         let mut client = connect(&node, transport).await;
@@ -501,4 +505,62 @@ async fn a_full_node_refuses_more_clients_with_a_reason() {
         assert!(body.reconnect, "come back later");
     }
     assert_eq!(first.heartbeat().await.expect("still served"), 0);
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited_when_configured() {
+    let logic = LogicNode::start().await;
+    let mut config = test_config(logic.addr);
+    config.max_connections_per_ip = 2;
+    let node = CloudNode::start(config).await;
+    let mut first = connect(&node, Transport::Ws).await;
+    first.auth(token(1, "one", "", &[])).await.expect("auth");
+    let mut second = connect(&node, Transport::Tcp).await;
+    second.auth(token(2, "two", "", &[])).await.expect("auth");
+
+    let mut third = connect(&node, Transport::Tcp).await;
+    let body = third.closed().await.expect("op 6");
+    assert_eq!(body.close_reason(), Some(CloseReason::ConnectionLimit));
+    assert!(body.reason.contains("your address"), "{}", body.reason);
+    assert_eq!(node.cloud().metrics().limits_hit("connections_per_ip"), 1);
+
+    // A slot is freed when a connection leaves.
+    drop(first);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut again = loop {
+        tick.tick().await;
+        let mut client = connect(&node, Transport::Ws).await;
+        if client.auth(token(3, "three", "", &[])).await.is_ok() {
+            break client;
+        }
+    };
+    assert_eq!(again.heartbeat().await.expect("served"), 0);
+}
+
+#[tokio::test]
+async fn a_slowloris_is_cut_at_the_handshake_timeout_while_others_are_served() {
+    let logic = LogicNode::start().await;
+    let node = CloudNode::start(test_config(logic.addr)).await;
+    // Open sockets that never finish: a TCP client that sends half a header,
+    // and a raw socket on the WebSocket port that never sends its upgrade.
+    let mut tcp_loris = TcpStream::connect(node.tcp).await.expect("connect");
+    tcp_loris.write_all(&[0, 0, 0]).await.expect("write");
+    let mut ws_loris = TcpStream::connect(node.ws).await.expect("connect");
+    ws_loris
+        .write_all(b"GET /sub HTTP/1.1\r\n")
+        .await
+        .expect("write");
+
+    let mut honest = connect(&node, Transport::Ws).await;
+    honest
+        .auth(token(1, "honest", "", &[]))
+        .await
+        .expect("served meanwhile");
+
+    let close = read_close(&mut tcp_loris).await;
+    assert_eq!(close.close_reason(), Some(CloseReason::HandshakeTimeout));
+    let mut rest = Vec::new();
+    ws_loris.read_to_end(&mut rest).await.expect("closed");
+    assert!(node.cloud().metrics().limits_hit("handshake_timeout") >= 1);
+    assert_eq!(honest.heartbeat().await.expect("still served"), 0);
 }

@@ -291,3 +291,36 @@ async fn cancelling_the_shutdown_token_drains_like_close() {
         .await
         .expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn a_drain_is_paced_and_spreads_reconnects() {
+    let logic = LogicNode::start().await;
+    let mut config = test_config(logic.addr);
+    config.drain_rate = 10;
+    config.drain_jitter = std::time::Duration::from_secs(3);
+    config.drain_grace = std::time::Duration::from_secs(10);
+    let mut node = CloudNode::start(config).await;
+    let mut all = clients(&node, 12, |_| String::new(), &[]).await;
+
+    node.grpc.clone().close(Empty {}).await.expect("close");
+    let first = all[0].closed().await.expect("op 6");
+    // At 10 per second, when one client has heard, most have not yet.
+    let told_by_then = node.cloud().metrics().closes(CloseReason::Draining);
+    assert!(told_by_then < 12, "{told_by_then} told at once");
+    let mut hints = vec![first.retry_after_ms.expect("a reconnect hint")];
+    for client in &mut all[1..] {
+        let body = client.closed().await.expect("op 6 before close");
+        assert_eq!(body.close_reason(), Some(CloseReason::Draining));
+        hints.push(body.retry_after_ms.expect("a reconnect hint"));
+    }
+    assert!(hints.iter().all(|hint| *hint <= 3000), "{hints:?}");
+    hints.sort_unstable();
+    hints.dedup();
+    assert!(hints.len() > 1, "hints are jittered: {hints:?}");
+    node.cloud
+        .take()
+        .expect("running")
+        .wait()
+        .await
+        .expect("stops");
+}

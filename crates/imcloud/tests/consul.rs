@@ -146,7 +146,7 @@ async fn nodes_from_logic(api: &str, ids: &[&str]) -> Vec<Value> {
 }
 
 /// Connects and authenticates, retrying while the cloud node has not yet
-/// discovered a logic node (op 6 `auth unavailable` asks clients to retry).
+/// discovered a logic node (op 6 `logic unavailable` asks clients to retry).
 async fn client(ws: &str, mid: i64, room: &str) -> Client {
     let token = serde_json::json!({"mid": mid, "room_id": room}).to_string();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -156,7 +156,7 @@ async fn client(ws: &str, mid: i64, room: &str) -> Client {
         match client.auth(token.clone()).await {
             Ok(_) => return client,
             Err(ClientError::Closed(body))
-                if body.close_reason() == Some(CloseReason::AuthUnavailable) => {}
+                if body.close_reason() == Some(CloseReason::LogicUnavailable) => {}
             Err(err) => panic!("auth: {err}"),
         }
     }

@@ -40,10 +40,22 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Re
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::map_response_with_state(
+            node.clone(),
+            count_refusals,
+        ))
         .with_state(node);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
+}
+
+/// Counts push bodies refused by `max_push_body` (axum answers them 413).
+async fn count_refusals(State(node): State<Arc<Node>>, response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        node.metrics.limit_hit("push_body");
+    }
+    response
 }
 
 /// Refuses backend calls without the API key (401).

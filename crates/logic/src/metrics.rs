@@ -22,6 +22,7 @@ pub struct Metrics {
     pushed: Family<KindLabel, Counter>,
     connects: Family<ResultLabel, Counter>,
     received: Counter,
+    limits: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -30,6 +31,12 @@ impl Default for Metrics {
         let pushed = Family::<KindLabel, Counter>::default();
         let connects = Family::<ResultLabel, Counter>::default();
         let received = Counter::default();
+        let limits = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "limits_hit",
+            "Push requests refused by a limit (push_body, push_targets)",
+            limits.clone(),
+        );
         registry.register(
             "pushed",
             "Pushes handed to cloud nodes, by kind (keys: keys; room, all: nodes)",
@@ -50,6 +57,7 @@ impl Default for Metrics {
             pushed,
             connects,
             received,
+            limits,
         }
     }
 }
@@ -72,6 +80,15 @@ impl Metrics {
     pub(crate) fn connect(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.connects.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// How many requests `limit` refused.
+    pub fn limits_hit(&self, limit: &'static str) -> u64 {
+        self.limits.get_or_create(&KindLabel { kind: limit }).get()
+    }
+
+    pub(crate) fn limit_hit(&self, limit: &'static str) {
+        self.limits.get_or_create(&KindLabel { kind: limit }).inc();
     }
 
     pub(crate) fn received(&self) {

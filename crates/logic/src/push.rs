@@ -110,6 +110,7 @@ impl Node {
             return Err(PushError::BadRequest(format!("{what} must not be empty")));
         }
         if count > self.config.max_push_targets {
+            self.metrics.limit_hit("push_targets");
             return Err(PushError::BadRequest(format!(
                 "{count} {what} in one push; the limit is {}",
                 self.config.max_push_targets

@@ -286,3 +286,45 @@ async fn client_messages_are_posted_to_the_webhook() {
     let (mid, body) = rx.recv().await.expect("webhook called");
     assert_eq!((mid.as_str(), &body[..]), ("77", &b"\x00binary\xff"[..]));
 }
+
+#[tokio::test]
+async fn push_limits_refuse_oversized_requests_and_count_them() {
+    let cluster = cluster(1, |config| {
+        config.max_push_targets = 2;
+        config.max_push_body = 64;
+    })
+    .await;
+    let (status, body) = cluster.post_form("/im/push/keys", "keys=a,b,c&msg=x").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("limit is 2")
+    );
+    let response = cluster
+        .web
+        .post(format!("{}/goim/push/all?operation=1000", cluster.http))
+        .body(vec![b'x'; 65])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 413);
+    let (_, metrics) = {
+        let response = cluster
+            .web
+            .get(format!("{}/metrics", cluster.http))
+            .send()
+            .await
+            .expect("get");
+        (response.status(), response.text().await.expect("text"))
+    };
+    assert!(
+        metrics.contains("imcloud_logic_limits_hit_total{kind=\"push_targets\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imcloud_logic_limits_hit_total{kind=\"push_body\"} 1"),
+        "{metrics}"
+    );
+}

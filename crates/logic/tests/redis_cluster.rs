@@ -63,7 +63,7 @@ async fn redis_down_is_a_503_with_the_reason_and_its_return_heals() {
     redis.restart();
     // The restarted Redis is empty: the session comes back with the next
     // renewal; re-authenticating is the quickest way to make one here. A
-    // client told "auth unavailable" retries, as the close code asks.
+    // client told "logic unavailable" retries, as the close code asks.
     let mut again = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     for _ in 0..50 {

@@ -147,7 +147,7 @@ async fn the_webhook_verifier_asks_a_real_backend() {
             Err(ClientError::Closed(body)) => {
                 assert_eq!(
                     body.close_reason(),
-                    Some(CloseReason::AuthUnavailable),
+                    Some(CloseReason::LogicUnavailable),
                     "{body:?}"
                 );
                 assert!(body.reconnect, "the backend may come back");

@@ -23,8 +23,8 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// No auth packet arrived within the handshake timeout.
     HandshakeTimeout,
-    /// The logic node that verifies tokens could not be reached.
-    AuthUnavailable,
+    /// The logic node (or the token verifier behind it) could not be reached.
+    LogicUnavailable,
     /// The node or the client's address is at its connection limit.
     ConnectionLimit,
     /// The token was refused.
@@ -44,7 +44,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::HeartbeatTimeout,
         CloseReason::HandshakeTimeout,
-        CloseReason::AuthUnavailable,
+        CloseReason::LogicUnavailable,
         CloseReason::ConnectionLimit,
         CloseReason::AuthFailed,
         CloseReason::ProtocolError,
@@ -59,7 +59,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 3002,
             CloseReason::HeartbeatTimeout => 3003,
             CloseReason::HandshakeTimeout => 3004,
-            CloseReason::AuthUnavailable => 3005,
+            CloseReason::LogicUnavailable => 3005,
             CloseReason::ConnectionLimit => 3006,
             CloseReason::AuthFailed => 3500,
             CloseReason::ProtocolError => 3501,
@@ -75,7 +75,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::HandshakeTimeout => "handshake timeout",
-            CloseReason::AuthUnavailable => "auth unavailable",
+            CloseReason::LogicUnavailable => "logic unavailable",
             CloseReason::ConnectionLimit => "connection limit",
             CloseReason::AuthFailed => "auth failed",
             CloseReason::ProtocolError => "protocol error",

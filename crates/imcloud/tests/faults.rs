@@ -1,0 +1,293 @@
+//! Fault tests with real processes: the `imcloud` binary as logic and cloud
+//! nodes, killed with SIGKILL while clients are connected.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use imcloud_client::{Client, ClientError};
+use imcloud_proto::cloud::cloud_client::CloudClient;
+use imcloud_proto::cloud::{BroadcastReq, Proto};
+use imcloud_protocol::CloseReason;
+use imcloud_testkit::ConsulServer;
+use serde_json::Value;
+
+/// A node process; killed (SIGKILL) when dropped.
+struct Process {
+    child: Child,
+    /// The fields of its "serving" log line (addresses).
+    fields: HashMap<String, String>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("imcloud-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Runs `imcloud <mode>` with `config` and waits for its log line `ready`.
+fn spawn(mode: &str, name: &str, config: &str, ready: &str) -> Process {
+    let path = dir().join(format!("{name}.toml"));
+    std::fs::write(&path, config).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imcloud"))
+        .args([mode, "--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn imcloud");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let ready = ready.to_owned();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let Ok(json) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if !sent && json["fields"]["message"] == ready.as_str() {
+                let fields = json["fields"]
+                    .as_object()
+                    .map(|f| {
+                        f.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = tx.send(fields);
+                sent = true;
+            }
+        }
+    });
+    let fields = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the node comes up");
+    Process { child, fields }
+}
+
+fn logic_config(grpc: &str, extra: &str) -> String {
+    format!(
+        "[listen]\ngrpc = \"{grpc}\"\nhttp = \"127.0.0.1:0\"\n{extra}\n[logic]\nverifier = \"insecure-json\"\ncloud_nodes = []\n"
+    )
+}
+
+fn cloud_config(id: &str, logic: &str, extra: &str) -> String {
+    format!(
+        "[listen]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{extra}\n[cloud]\nserver_id = \"{id}\"\nlogic_addrs = [{logic}]\nlogic_timeout = \"1s\"\n"
+    )
+}
+
+async fn auth(ws: &str, mid: i64) -> Result<Client, ClientError> {
+    let mut client = Client::connect_ws(ws).await?;
+    client
+        .auth(serde_json::json!({"mid": mid, "room_id": "live://1", "accepts": [1000]}).to_string())
+        .await?;
+    Ok(client)
+}
+
+#[tokio::test]
+async fn killing_logic_keeps_clients_connected_and_pushable_until_it_returns() {
+    let logic = spawn(
+        "logic",
+        "logic",
+        &logic_config("127.0.0.1:0", ""),
+        "logic node serving",
+    );
+    let logic_grpc = logic.fields["grpc"].clone();
+    let cloud = spawn(
+        "cloud",
+        "cloud",
+        &cloud_config("cloud-1", &format!("\"{logic_grpc}\""), ""),
+        "cloud node serving",
+    );
+    let ws = format!("ws://{}/sub", cloud.fields["ws"]);
+
+    let mut clients = Vec::with_capacity(1000);
+    for mid in 0..1000 {
+        clients.push(auth(&ws, mid).await.expect("auth"));
+    }
+
+    drop(logic); // SIGKILL
+
+    // Pushes straight to the cloud node still reach every client.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cloud.fields["grpc"]))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("cloud grpc");
+    CloudClient::new(channel)
+        .broadcast(BroadcastReq {
+            proto_op: 1000,
+            proto: Some(Proto {
+                ver: 1,
+                op: 1000,
+                seq: 0,
+                body: b"still here".to_vec(),
+            }),
+            speed: 0,
+        })
+        .await
+        .expect("broadcast");
+    for client in &mut clients {
+        assert_eq!(
+            &client.recv_push().await.expect("push").body[..],
+            b"still here"
+        );
+    }
+
+    // New clients are told logic is unavailable, and to come back.
+    match auth(&ws, 5000).await {
+        Err(ClientError::Closed(body)) => {
+            assert_eq!(
+                body.close_reason(),
+                Some(CloseReason::LogicUnavailable),
+                "{body:?}"
+            );
+            assert!(body.reconnect);
+        }
+        other => panic!(
+            "expected op 6 logic unavailable, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+
+    // Logic comes back on its address: new clients get in again.
+    let _logic = spawn(
+        "logic",
+        "logic-again",
+        &logic_config(&logic_grpc, ""),
+        "logic node serving",
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut back = None;
+    for _ in 0..100 {
+        tick.tick().await;
+        if let Ok(client) = auth(&ws, 5001).await {
+            back = Some(client);
+            break;
+        }
+    }
+    let mut back = back.expect("auth works again once logic is back");
+    assert_eq!(back.heartbeat().await.expect("heartbeat"), 0);
+    // And the clients from before never noticed.
+    assert_eq!(clients[999].heartbeat().await.expect("still connected"), 0);
+}
+
+#[tokio::test]
+async fn killing_a_cloud_node_is_reported_and_the_others_keep_working() {
+    let consul = ConsulServer::start_new().await;
+    let discovery = format!(
+        "[discovery]\nkind = \"consul\"\n[discovery.consul]\naddress = \"{}\"\nttl = \"2s\"\nwait = \"1s\"\n",
+        consul.url()
+    );
+    let logic = spawn(
+        "logic",
+        "logic-c",
+        &logic_config("127.0.0.1:0", &discovery),
+        "logic node serving",
+    );
+    let api = format!("http://{}", logic.fields["http"]);
+    let a = spawn(
+        "cloud",
+        "cloud-a",
+        &cloud_config("a", "", &discovery),
+        "cloud node serving",
+    );
+    let b = spawn(
+        "cloud",
+        "cloud-b",
+        &cloud_config("b", "", &discovery),
+        "cloud node serving",
+    );
+    consul
+        .until("both cloud nodes passing", |c| {
+            c.passing("im-cloud").len() == 2
+        })
+        .await;
+    consul
+        .until("logic passing", |c| c.passing("im-logic").len() == 1)
+        .await;
+
+    let mut retry = tokio::time::interval(Duration::from_millis(100));
+    let mut on_a = None;
+    for _ in 0..100 {
+        retry.tick().await;
+        if let Ok(client) = auth(&format!("ws://{}/sub", a.fields["ws"]), 1).await {
+            on_a = Some(client);
+            break;
+        }
+    }
+    let mut on_a = on_a.expect("a client on node a");
+    let web = reqwest::Client::new();
+    let push = |msg: &'static str| {
+        web.post(format!("{api}/im/push/room"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("type=live&room=1&msg={msg}"))
+            .send()
+    };
+    // Wait until logic's own watch has both nodes.
+    let mut both = false;
+    for _ in 0..100 {
+        retry.tick().await;
+        let answer: Value = push("warmup")
+            .await
+            .expect("push")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(&on_a.recv_push().await.expect("warmup").body[..], b"warmup");
+        if answer["data"]["nodes"] == 2 {
+            both = true;
+            break;
+        }
+    }
+    assert!(both, "logic saw both cloud nodes");
+
+    drop(b); // SIGKILL: no deregistration
+    let answer: Value = push("after")
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        &on_a.recv_push().await.expect("push").body[..],
+        b"after",
+        "{answer}"
+    );
+    let failed = answer["data"]["failed"].to_string();
+    assert!(
+        answer["data"]["nodes"] == 1 && failed.contains('b') || answer["data"]["nodes"] == 2,
+        "the dead node is reported as failed (or not yet noticed): {answer}"
+    );
+    // After its TTL the dead node drops out of routing altogether.
+    consul
+        .until("b expired", |c| c.passing("im-cloud").len() == 1)
+        .await;
+    let mut clean = false;
+    for _ in 0..100 {
+        retry.tick().await;
+        let answer: Value = push("clean")
+            .await
+            .expect("push")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(&on_a.recv_push().await.expect("push").body[..], b"clean");
+        if answer["data"]["nodes"] == 1 && answer["data"].get("failed").is_none() {
+            clean = true;
+            break;
+        }
+    }
+    assert!(clean, "pushes stop trying the dead node");
+}

@@ -107,6 +107,11 @@ impl Logic {
         }
     }
 
+    /// A request carrying the cluster's API key.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.key.attach(tonic::Request::new(message))
+    }
+
     /// Runs one call under the deadline; a missed deadline is `DeadlineExceeded`.
     async fn call<T>(
         &self,
@@ -132,20 +137,16 @@ impl Logic {
             cookie,
             token: token.to_vec(),
         };
-        self.call(
-            self.client
-                .clone()
-                .connect(self.key.attach(tonic::Request::new(request))),
-        )
-        .await
-        .map_err(|status| match status.code() {
-            Code::Unauthenticated
-            | Code::PermissionDenied
-            | Code::InvalidArgument
-            | Code::NotFound
-            | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
-            code => AuthError::Unavailable(format!("logic: {code:?}: {}", status.message())),
-        })
+        self.call(self.client.clone().connect(self.request(request)))
+            .await
+            .map_err(|status| match status.code() {
+                Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
+                code => AuthError::Unavailable(format!("logic: {code:?}: {}", status.message())),
+            })
     }
 
     /// Closes a client's session.
@@ -155,13 +156,9 @@ impl Logic {
             key: key.to_owned(),
             server: self.server_id.clone(),
         };
-        self.call(
-            self.client
-                .clone()
-                .disconnect(self.key.attach(tonic::Request::new(request))),
-        )
-        .await
-        .map(drop)
+        self.call(self.client.clone().disconnect(self.request(request)))
+            .await
+            .map(drop)
     }
 
     /// Renews a client's session.
@@ -171,13 +168,9 @@ impl Logic {
             key: key.to_owned(),
             server: self.server_id.clone(),
         };
-        self.call(
-            self.client
-                .clone()
-                .heartbeat(self.key.attach(tonic::Request::new(request))),
-        )
-        .await
-        .map(drop)
+        self.call(self.client.clone().heartbeat(self.request(request)))
+            .await
+            .map(drop)
     }
 
     /// Hands a client message (op 4) to logic.
@@ -191,13 +184,9 @@ impl Logic {
                 body: packet.body.to_vec(),
             }),
         };
-        self.call(
-            self.client
-                .clone()
-                .receive(self.key.attach(tonic::Request::new(request))),
-        )
-        .await
-        .map(drop)
+        self.call(self.client.clone().receive(self.request(request)))
+            .await
+            .map(drop)
     }
 
     /// Reports this node's room counts; returns the cluster totals.
@@ -209,12 +198,8 @@ impl Logic {
             server: self.server_id.clone(),
             room_count,
         };
-        self.call(
-            self.client
-                .clone()
-                .renew_online(self.key.attach(tonic::Request::new(request))),
-        )
-        .await
-        .map(|reply| reply.all_room_count)
+        self.call(self.client.clone().renew_online(self.request(request)))
+            .await
+            .map(|reply| reply.all_room_count)
     }
 }

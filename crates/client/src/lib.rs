@@ -3,14 +3,15 @@
 //! Used by the integration tests and by `imbench`.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use imcloud_protocol::{BatchIter, CloseBody, Op, Packet, PacketCodec, ProtocolError};
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::Framed;
 
@@ -67,7 +68,41 @@ pub struct Client {
 impl Client {
     /// Connects to a WebSocket URL such as `ws://127.0.0.1:3102/sub`.
     pub async fn connect_ws(url: &str) -> Result<Client, ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
+        Ok(Client::new(Io::Ws(Box::new(ws))))
+    }
+
+    /// Connects to a `ws://host:port/...` URL from the local address `from`
+    /// (benchmarks spread thousands of clients over 127.0.0.x addresses).
+    pub async fn connect_ws_from(url: &str, from: IpAddr) -> Result<Client, ClientError> {
+        let uri: tokio_tungstenite::tungstenite::http::Uri = url
+            .parse()
+            .map_err(|err| ClientError::Unexpected(format!("{url}: {err}")))?;
+        let host = uri.host().unwrap_or("127.0.0.1");
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(ProtocolError::Io)?
+            .next()
+            .ok_or_else(|| ClientError::Unexpected(format!("{url}: no address")))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(ProtocolError::Io)?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .map_err(ProtocolError::Io)?;
+        let stream = socket.connect(addr).await.map_err(ProtocolError::Io)?;
+        stream.set_nodelay(true).map_err(ProtocolError::Io)?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            MaybeTlsStream::Plain(stream),
+            Some(ws_config()),
+        )
+        .await?;
         Ok(Client::new(Io::Ws(Box::new(ws))))
     }
 
@@ -213,6 +248,14 @@ impl Client {
             }
         }
     }
+}
+
+/// Small buffers: a benchmark holds thousands of clients in one process
+/// (tungstenite's default is 128 KiB of read buffer per connection).
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
 }
 
 fn join(ops: &[u32]) -> String {

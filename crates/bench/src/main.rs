@@ -1,0 +1,136 @@
+//! imbench: measures imcloud (or the raw WebSocket writer reference) and
+//! prints one JSON line of results per run.
+
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use imcloud_bench::fanout::{self, Plan, Publisher};
+use imcloud_bench::{conns, push, raw, token};
+use imcloud_logic::DEVELOPMENT_SECRET;
+
+#[derive(Parser)]
+#[command(about = "imcloud benchmarks: conns, fanout, push, raw")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+    /// JWT secret the clients' tokens are signed with.
+    #[arg(long, global = true, default_value = DEVELOPMENT_SECRET)]
+    secret: String,
+    /// The cluster's API key, for pushes.
+    #[arg(long, global = true, default_value = "")]
+    api_key: String,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Open N clients and report connect time and the server's memory per connection.
+    Conns {
+        #[arg(long, default_value = "ws://127.0.0.1:3102/sub")]
+        ws: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// The server's pid, to read its RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// N clients in one room, K messages of S bytes at R/s (0 = max).
+    Fanout {
+        #[arg(long, default_value = "ws://127.0.0.1:3102/sub")]
+        ws: String,
+        /// `grpc:HOST:PORT` (cloud BroadcastRoom), `http:URL` (logic push), or `raw:URL` (raw writer).
+        #[arg(long, default_value = "grpc:127.0.0.1:3109")]
+        publish: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        messages: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// Push-by-mid requests against the logic HTTP API.
+    Push {
+        #[arg(long, default_value = "http://127.0.0.1:3111")]
+        api: String,
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1000)]
+        mids: u64,
+    },
+    /// Run the raw WebSocket writer (the reference) until killed.
+    Raw {
+        #[arg(long, default_value = "127.0.0.1:4102")]
+        ws: String,
+        #[arg(long, default_value = "127.0.0.1:4104")]
+        http: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let secret = cli.secret.clone();
+    let line = match cli.mode {
+        Mode::Conns { ws, clients, pid } => {
+            let (report, _open) = conns::run(&ws, clients, pid, |i| {
+                token(&secret, i as i64, fanout::room())
+            })
+            .await?;
+            serde_json::to_string(&report)?
+        }
+        Mode::Fanout {
+            ws,
+            publish,
+            clients,
+            messages,
+            size,
+            rate,
+            window,
+        } => {
+            let publisher = match publish.split_once(':') {
+                Some(("grpc", addr)) => Publisher::CloudGrpc(addr.to_owned(), cli.api_key.clone()),
+                Some(("http", url)) => Publisher::LogicHttp(url.to_owned(), cli.api_key.clone()),
+                Some(("raw", url)) => Publisher::Raw(url.to_owned()),
+                _ => anyhow::bail!("--publish must be grpc:ADDR, http:URL or raw:URL"),
+            };
+            let token = Arc::new(move |i: usize| token(&secret, i as i64, fanout::room()));
+            let plan = Plan {
+                ws_url: ws,
+                publisher,
+                clients,
+                messages,
+                size,
+                rate,
+                window,
+                token,
+            };
+            serde_json::to_string(&fanout::run(plan).await?)?
+        }
+        Mode::Push {
+            api,
+            requests,
+            concurrency,
+            mids,
+        } => serde_json::to_string(
+            &push::run(&api, &cli.api_key, requests, concurrency, mids).await?,
+        )?,
+        Mode::Raw { ws, http } => {
+            let ws = tokio::net::TcpListener::bind(&ws).await?;
+            let http = tokio::net::TcpListener::bind(&http).await?;
+            eprintln!(
+                "raw writer: ws://{}/ publish http://{}/publish",
+                ws.local_addr()?,
+                http.local_addr()?
+            );
+            raw::serve(ws, http).await?;
+            return Ok(());
+        }
+    };
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! imbench's modes on small N against in-process servers: nothing lost,
+//! nothing duplicated, every number reported.
+
+use std::sync::Arc;
+
+use imcloud::{Standalone, StandaloneFile};
+use imcloud_bench::fanout::{self, Plan, Publisher};
+use imcloud_bench::{conns, push, raw, token};
+use imcloud_logic::DEVELOPMENT_SECRET;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn standalone() -> (Standalone, CancellationToken) {
+    let mut file = StandaloneFile::default();
+    let any = "127.0.0.1:0".parse().expect("addr");
+    for addr in [
+        &mut file.cloud_listen.tcp,
+        &mut file.cloud_listen.ws,
+        &mut file.cloud_listen.grpc,
+        &mut file.cloud_listen.http,
+        &mut file.logic_listen.grpc,
+        &mut file.logic_listen.http,
+    ] {
+        *addr = any;
+    }
+    let shutdown = CancellationToken::new();
+    (
+        Standalone::start(file, shutdown.clone())
+            .await
+            .expect("imcloud"),
+        shutdown,
+    )
+}
+
+fn plan(ws_url: String, publisher: Publisher) -> Plan {
+    Plan {
+        ws_url,
+        publisher,
+        clients: 20,
+        messages: 50,
+        size: 64,
+        rate: 0,
+        window: 8,
+        token: Arc::new(|i| token(DEVELOPMENT_SECRET, i as i64, fanout::room())),
+    }
+}
+
+#[tokio::test]
+async fn fanout_against_the_raw_writer_loses_nothing() {
+    let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ws_url = format!("ws://{}/sub", ws.local_addr().expect("addr"));
+    let publish = format!("http://{}", http.local_addr().expect("addr"));
+    tokio::spawn(raw::serve(ws, http));
+    let report = fanout::run(plan(ws_url, Publisher::Raw(publish)))
+        .await
+        .expect("fanout");
+    assert_eq!(
+        (report.expected, report.lost, report.duplicated),
+        (1000, 0, 0),
+        "{report:?}"
+    );
+    assert!(report.deliveries_per_sec > 0.0 && report.p99_us >= report.p50_us);
+}
+
+#[tokio::test]
+async fn fanout_push_and_conns_against_imcloud() {
+    let (imcloud, shutdown) = standalone().await;
+    let mut paced = plan(
+        imcloud.ws_url.clone(),
+        Publisher::LogicHttp(imcloud.api_url.clone(), String::new()),
+    );
+    paced.rate = 200;
+    let report = fanout::run(paced).await.expect("fanout");
+    assert_eq!(
+        (report.delivered, report.lost, report.duplicated),
+        (1000, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.target, "imcloud-http");
+
+    let report = push::run(&imcloud.api_url, "", 200, 8, 10)
+        .await
+        .expect("push");
+    assert_eq!((report.ok, report.failed), (200, 0), "{report:?}");
+
+    let (report, open) = conns::run(&imcloud.ws_url, 30, Some(std::process::id()), |i| {
+        token(DEVELOPMENT_SECRET, i as i64, "")
+    })
+    .await
+    .expect("conns");
+    assert_eq!((report.clients, open.len()), (30, 30));
+    assert!(report.kib_per_connection.is_some(), "{report:?}");
+    shutdown.cancel();
+}

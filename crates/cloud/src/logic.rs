@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use imcloud_proto::logic::{
     ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq,
 };
 use imcloud_protocol::Packet;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -45,7 +46,14 @@ pub(crate) struct Logic {
     key: KeyInterceptor,
     server_id: String,
     timeout: Duration,
+    /// Bounds the background calls (Disconnect, session renewals) in flight:
+    /// 10,000 clients leaving at once must not flood logic with 10,000
+    /// concurrent calls and starve the Connects of clients arriving.
+    background: Arc<Semaphore>,
 }
+
+/// Background calls to logic in flight at most.
+const MAX_BACKGROUND_CALLS: usize = 64;
 
 /// The gRPC endpoint of a logic address (`host:port` or a URI).
 pub(crate) fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, BadLogicAddr> {
@@ -102,6 +110,7 @@ impl Logic {
         Logic {
             client: LogicClient::new(channel),
             key: key.interceptor(),
+            background: Arc::new(Semaphore::new(MAX_BACKGROUND_CALLS)),
             server_id: server_id.to_owned(),
             timeout,
         }
@@ -151,6 +160,7 @@ impl Logic {
 
     /// Closes a client's session.
     pub(crate) async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let _slot = self.background.acquire().await;
         let request = DisconnectReq {
             mid,
             key: key.to_owned(),
@@ -163,6 +173,7 @@ impl Logic {
 
     /// Renews a client's session.
     pub(crate) async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let _slot = self.background.acquire().await;
         let request = HeartbeatReq {
             mid,
             key: key.to_owned(),

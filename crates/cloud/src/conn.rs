@@ -87,7 +87,8 @@ pub(crate) async fn serve<T: Transport>(
             Err(end) => end,
         }
     };
-    finish(&mut transport, &node, session, end).await;
+    // Boxed for the same reason as `authenticate`: it runs once, at the end.
+    Box::pin(finish(&mut transport, &node, session, end)).await;
     node.metrics.connection_closed(T::NAME);
     drop(permit);
 }
@@ -249,7 +250,9 @@ impl Session {
                     Some(Err(err)) => return transport_end(&self.node, err),
                     Some(Ok(packet)) => {
                         deadline.as_mut().reset(Instant::now() + idle);
-                        if let Err(end) = self.handle(packet).await {
+                        // Boxed: client packets are rare (heartbeats), and the
+                        // handler's future would otherwise size every idle connection.
+                        if let Err(end) = Box::pin(self.handle(packet)).await {
                             return end;
                         }
                     }

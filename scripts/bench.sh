@@ -20,7 +20,7 @@ trap 'kill $imcloud $raw 2>/dev/null || true' EXIT
 sleep 1
 
 for n in "${counts[@]}"; do
-  "$bin/imbench" conns --clients "$n" --pid "$imcloud" | tee -a "$out"
+  "$bin/imbench" conns --clients "$n" --concurrency 64 --pid "$imcloud" | tee -a "$out"
   for rate in 10 50 0; do
     messages=$(( rate == 0 ? 200 : rate * 4 ))
     "$bin/imbench" fanout --clients "$n" --messages "$messages" --rate "$rate" \

@@ -29,6 +29,9 @@ enum Mode {
         ws: String,
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        /// Connects in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
         /// The server's pid, to read its RSS.
         #[arg(long)]
         pid: Option<u32>,
@@ -76,8 +79,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let secret = cli.secret.clone();
     let line = match cli.mode {
-        Mode::Conns { ws, clients, pid } => {
-            let (report, _open) = conns::run(&ws, clients, pid, |i| {
+        Mode::Conns {
+            ws,
+            clients,
+            concurrency,
+            pid,
+        } => {
+            let (report, _open) = conns::run(&ws, clients, concurrency, pid, |i| {
                 token(&secret, i as i64, fanout::room())
             })
             .await?;

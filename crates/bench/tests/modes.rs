@@ -84,7 +84,7 @@ async fn fanout_push_and_conns_against_imcloud() {
         .expect("push");
     assert_eq!((report.ok, report.failed), (200, 0), "{report:?}");
 
-    let (report, open) = conns::run(&imcloud.ws_url, 30, Some(std::process::id()), |i| {
+    let (report, open) = conns::run(&imcloud.ws_url, 30, 8, Some(std::process::id()), |i| {
         token(DEVELOPMENT_SECRET, i as i64, "")
     })
     .await

@@ -55,6 +55,11 @@ pub struct Report {
     pub delivered: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Clients the server closed (op 6) before they got everything: a
+    /// slow consumer's messages are not lost silently, they are refused.
+    pub closed_by_server: u64,
+    /// The first such close's reason.
+    pub close_reason: Option<String>,
     pub seconds: f64,
     pub deliveries_per_sec: f64,
     pub p50_us: u64,
@@ -64,6 +69,8 @@ pub struct Report {
 }
 
 struct Received {
+    /// The server closed this client (op 6), e.g. as a slow consumer.
+    closed: Option<String>,
     delivered: u64,
     duplicated: u64,
     latency: Histogram<u64>,
@@ -100,6 +107,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
             tokio::spawn(async move {
                 let mut seen = vec![false; messages as usize];
                 let mut got = Received {
+                    closed: None,
                     delivered: 0,
                     duplicated: 0,
                     latency: histogram(),
@@ -141,8 +149,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 
     let mut latency = histogram();
     let (mut delivered, mut duplicated, mut last) = (0u64, 0u64, base);
+    let mut closed_by_server = 0u64;
+    let mut close_reason = None;
     for receiver in receivers {
         let got = receiver.await?;
+        if let Some(reason) = got.closed {
+            closed_by_server += 1;
+            close_reason.get_or_insert(reason);
+        }
         delivered += got.delivered;
         duplicated += got.duplicated;
         let _ = latency.add(&got.latency);
@@ -168,6 +182,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         delivered,
         lost: expected.saturating_sub(delivered - duplicated),
         duplicated,
+        closed_by_server,
+        close_reason,
         seconds,
         deliveries_per_sec: (delivered - duplicated) as f64 / seconds,
         p50_us: latency.value_at_quantile(0.5),

@@ -4,6 +4,7 @@ use futures_util::{SinkExt, StreamExt};
 use imcloud_protocol::{BatchBuilder, EncodedPacket, HEADER_LEN, Packet};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -83,7 +84,11 @@ fn first_subprotocol(request: &Request) -> Option<HeaderValue> {
 fn map_ws_error(err: WsError) -> TransportError {
     match err {
         WsError::Io(err) => TransportError::Io(err),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+        // A peer that vanishes without a close frame lost its connection; it
+        // did not break the protocol.
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             TransportError::Io(std::io::ErrorKind::ConnectionReset.into())
         }
         WsError::Capacity(err) => TransportError::FrameTooLarge(err.to_string()),

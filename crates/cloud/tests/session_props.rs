@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{CloudNode, LogicNode, test_config, token};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use imcloud_proto::cloud::{Empty, RoomsReq};
 use imcloud_protocol::{Op, Packet};
 use proptest::prelude::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Clone, Debug)]
@@ -80,7 +80,13 @@ async fn play(node: &CloudNode, ws: bool, authenticate: bool, actions: &[Action]
                 break;
             }
         }
+        // Close, then wait for the server to end the connection: only then
+        // has it seen everything this client sent.
         let _ = socket.close(None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(_)) = socket.next().await {}
+        })
+        .await;
     } else {
         let Ok(mut socket) = tokio::net::TcpStream::connect(node.tcp).await else {
             return;
@@ -91,6 +97,8 @@ async fn play(node: &CloudNode, ws: bool, authenticate: bool, actions: &[Action]
             }
         }
         let _ = socket.shutdown().await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut rest)).await;
     }
 }
 

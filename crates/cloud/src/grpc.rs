@@ -3,7 +3,6 @@
 //! to every receiver.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use imcloud_auth::ApiKey;
 use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
@@ -22,6 +21,7 @@ use crate::bucket::{BucketGone, deliver};
 use crate::metrics::Delivery;
 use crate::node::Node;
 use crate::outbox::Outbox;
+use crate::pace::paced;
 
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -172,12 +172,9 @@ impl Cloud for CloudService {
 
 /// Delivers to at most `speed` connections per second, in small steps.
 async fn pace(targets: Vec<Arc<Outbox>>, packet: EncodedPacket, speed: u32, node: &Node) {
-    let step = (speed / 10).max(1) as usize;
-    let period = Duration::from_secs_f64(step as f64 / f64::from(speed));
-    let mut tick = tokio::time::interval(period);
-    for chunk in targets.chunks(step) {
-        tick.tick().await;
-        let sent = deliver(chunk, &packet);
+    paced(&targets, speed, |group| {
+        let sent = deliver(group, &packet);
         node.metrics.delivered(Delivery::Broadcast, sent);
-    }
+    })
+    .await;
 }

@@ -16,6 +16,7 @@ mod metrics;
 mod node;
 mod online;
 mod outbox;
+mod pace;
 mod transport;
 mod ws;
 

@@ -18,6 +18,7 @@ use crate::listener::{Kind, accept_loop};
 use crate::logic::{self, BadLogicAddr, Logic};
 use crate::metrics::Metrics;
 use crate::online::Online;
+use crate::pace::paced;
 use crate::{grpc, http, online};
 use imcloud_auth::ApiKey;
 use imcloud_discovery::{Discovery, LOGIC_SERVICE, ServiceNode, StaticDiscovery};
@@ -193,15 +194,9 @@ pub async fn run(
 /// each with a random reconnect-after hint up to `drain_jitter`, so they do
 /// not all come back to the other nodes at once. Returns how many were told.
 async fn tell_to_leave(node: &Node, everyone: &[Arc<crate::outbox::Outbox>]) -> usize {
-    let rate = node.config.drain_rate.max(1);
-    let step = (rate / 10).max(1) as usize;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(
-        step as f64 / f64::from(rate),
-    ));
     let jitter_ms = u64::try_from(node.config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
     let mut told = 0;
-    for group in everyone.chunks(step) {
-        tick.tick().await;
+    paced(everyone, node.config.drain_rate, |group| {
         for outbox in group {
             let mut body = CloseBody::new(CloseReason::Draining, Some("the node is shutting down"));
             body.retry_after_ms = Some(fastrand::u64(0..=jitter_ms));
@@ -209,7 +204,8 @@ async fn tell_to_leave(node: &Node, everyone: &[Arc<crate::outbox::Outbox>]) -> 
                 told += 1;
             }
         }
-    }
+    })
+    .await;
     told
 }
 

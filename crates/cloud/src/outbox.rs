@@ -76,6 +76,11 @@ impl Outbox {
                 return Err(Rejected::Overflow);
             }
             state.queue.push_back(packet);
+            if state.queue.len() > 1 {
+                // The reader was already woken by the first queued packet and
+                // drains everything when it runs: no second wake-up needed.
+                return Ok(());
+            }
         }
         self.changed.notify_waiters();
         Ok(())

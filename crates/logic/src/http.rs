@@ -204,6 +204,12 @@ impl Params {
             .collect()
     }
 
+    /// The required `type` of the online routes.
+    fn room_type(&self) -> Result<&str, ApiError> {
+        self.first("type")
+            .ok_or_else(|| ApiError::bad("type is required"))
+    }
+
     /// `type` + `room` -> `type://room`; a full `type://id` room is taken as is.
     fn room(&self) -> Result<String, ApiError> {
         let room = self.first("room").unwrap_or("");
@@ -286,9 +292,7 @@ async fn online_top(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::from_query(query.as_deref());
-    let kind = params
-        .first("type")
-        .ok_or_else(|| ApiError::bad("type is required"))?;
+    let kind = params.room_type()?;
     let limit: usize = params.number("limit")?.unwrap_or(10).min(1000);
     let prefix = format!("{kind}://");
     let online = node.store.online().await?;
@@ -318,9 +322,7 @@ async fn online_room(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::from_query(query.as_deref());
-    let kind = params
-        .first("type")
-        .ok_or_else(|| ApiError::bad("type is required"))?;
+    let kind = params.room_type()?;
     let rooms = params.list("rooms");
     if rooms.is_empty() {
         return Err(ApiError::bad("rooms is required"));

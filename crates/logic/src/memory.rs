@@ -165,61 +165,15 @@ impl SessionStore for MemoryStore {
     }
 }
 
+/// The store's contract (devices, stale disconnects, expiry, online merge)
+/// runs against this store and Redis in `tests/store_contract.rs`; these
+/// tests add the time-dependent cases on paused time.
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn store() -> MemoryStore {
         MemoryStore::new(Duration::from_secs(60), Duration::from_secs(30))
-    }
-
-    #[tokio::test]
-    async fn a_user_with_two_devices_has_two_keys() {
-        let store = store();
-        store.connect(1, "phone", "cloud-a").await.expect("connect");
-        store
-            .connect(1, "laptop", "cloud-b")
-            .await
-            .expect("connect");
-        store.connect(2, "other", "cloud-a").await.expect("connect");
-        let mut keys = store.keys_of_mids(&[1]).await.expect("keys");
-        keys.sort();
-        assert_eq!(
-            keys,
-            [
-                ("laptop".to_owned(), "cloud-b".to_owned()),
-                ("phone".to_owned(), "cloud-a".to_owned())
-            ]
-        );
-        let servers = store
-            .servers_of_keys(&["other".to_owned(), "unknown".to_owned()])
-            .await
-            .expect("servers");
-        assert_eq!(servers, [("other".to_owned(), "cloud-a".to_owned())]);
-    }
-
-    #[tokio::test]
-    async fn disconnect_from_an_old_server_keeps_the_newer_session() {
-        let store = store();
-        store.connect(1, "k", "cloud-a").await.expect("connect");
-        store
-            .connect(1, "k", "cloud-b")
-            .await
-            .expect("reconnect elsewhere");
-        assert!(
-            !store
-                .disconnect(1, "k", "cloud-a")
-                .await
-                .expect("stale disconnect")
-        );
-        assert_eq!(store.keys_of_mids(&[1]).await.expect("keys").len(), 1);
-        assert!(
-            store
-                .disconnect(1, "k", "cloud-b")
-                .await
-                .expect("disconnect")
-        );
-        assert!(store.keys_of_mids(&[1]).await.expect("keys").is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,10 +2,14 @@
 //! cloud nodes and hand each node its share, concurrently.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use bytes::Bytes;
+
+use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Proto, PushMsgReq};
 use serde::Serialize;
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::node::Node;
@@ -198,27 +202,15 @@ impl Node {
                 "type and room are required".to_owned(),
             ));
         }
-        let targets: Vec<_> = self
-            .clouds
-            .nodes()
-            .into_iter()
-            .map(|node| (node, (), 0))
-            .collect();
-        let wanted = targets.len().max(1);
         let proto = message.proto();
-        let fanout = self
-            .clouds
-            .fan_out(targets, |mut client, ()| {
-                let request = BroadcastRoomReq {
-                    room_id: room.clone(),
-                    proto: Some(proto.clone()),
-                };
-                let request = self.clouds.request(request);
-                async move { client.broadcast_room(request).await.map(drop) }
-            })
-            .await;
-        self.metrics.pushed("room", fanout.reached);
-        settle(fanout, None, wanted)
+        self.to_every_node("room", |mut client| {
+            let request = self.clouds.request(BroadcastRoomReq {
+                room_id: room.clone(),
+                proto: Some(proto.clone()),
+            });
+            async move { client.broadcast_room(request).await.map(drop) }
+        })
+        .await
     }
 
     /// Pushes to every connection that accepts the op, on every cloud node;
@@ -231,6 +223,33 @@ impl Node {
         if speed < 0 {
             return Err(PushError::BadRequest(format!("speed {speed} is negative")));
         }
+        let share = match (speed, self.clouds.nodes().len() as i32) {
+            (0, _) | (_, 0) => 0,
+            (speed, n) => (speed + n - 1) / n,
+        };
+        let proto = message.proto();
+        self.to_every_node("all", |mut client| {
+            let request = self.clouds.request(BroadcastReq {
+                proto_op: message.operation,
+                proto: Some(proto.clone()),
+                speed: share,
+            });
+            async move { client.broadcast(request).await.map(drop) }
+        })
+        .await
+    }
+
+    /// Makes one call on every cloud node known now, concurrently; fails
+    /// when none could be reached (or none is known).
+    async fn to_every_node<F, Fut>(
+        &self,
+        kind: &'static str,
+        call: F,
+    ) -> Result<Delivered, PushError>
+    where
+        F: Fn(CloudClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<(), tonic::Status>>,
+    {
         let targets: Vec<_> = self
             .clouds
             .nodes()
@@ -238,25 +257,11 @@ impl Node {
             .map(|node| (node, (), 0))
             .collect();
         let wanted = targets.len().max(1);
-        let share = match (speed, targets.len() as i32) {
-            (0, _) | (_, 0) => 0,
-            (speed, n) => (speed + n - 1) / n,
-        };
-        let proto = message.proto();
-        let operation = message.operation;
         let fanout = self
             .clouds
-            .fan_out(targets, |mut client, ()| {
-                let request = BroadcastReq {
-                    proto_op: operation,
-                    proto: Some(proto.clone()),
-                    speed: share,
-                };
-                let request = self.clouds.request(request);
-                async move { client.broadcast(request).await.map(drop) }
-            })
+            .fan_out(targets, |client, ()| call(client))
             .await;
-        self.metrics.pushed("all", fanout.reached);
+        self.metrics.pushed(kind, fanout.reached);
         settle(fanout, None, wanted)
     }
 }

@@ -241,7 +241,10 @@ impl Session {
                     if let Some(close) = self.outbox.drain(&mut self.pending) {
                         return End::Close(close);
                     }
-                    if let Err(end) = self.write(transport).await {
+                    // Boxed: the write (with its timeout) would otherwise
+                    // size every idle connection's future; one small
+                    // allocation per write is nothing next to the syscall.
+                    if let Err(end) = Box::pin(self.write(transport)).await {
                         return end;
                     }
                 }

@@ -2,10 +2,11 @@
 //! WebSocket behind one trait, so the connection's life is written once.
 
 use std::future::Future;
+use std::io::{self, IoSlice};
 
 use bytes::BytesMut;
 use imcloud_protocol::{EncodedPacket, Packet, PacketCodec, ProtocolError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
@@ -126,23 +127,33 @@ impl Transport for TcpTransport {
     }
 
     async fn send(&mut self, packets: &[EncodedPacket]) -> Result<(), TransportError> {
-        // One packet (the common case of a push) goes out from the shared
-        // buffer without a copy; several are gathered into one write.
-        let result = match packets {
-            [] => Ok(()),
-            [one] => self.stream.write_all(one.as_bytes()).await,
-            many => {
-                let mut buf = Vec::with_capacity(many.iter().map(EncodedPacket::len).sum());
-                for packet in many {
-                    buf.extend_from_slice(packet.as_bytes());
-                }
-                self.stream.write_all(&buf).await
-            }
-        };
-        result.map_err(TransportError::Io)
+        // Everything queued leaves in one vectored write, straight from the
+        // shared packet buffers: no copy, whatever the fan-out.
+        let mut slices: Vec<IoSlice<'_>> =
+            packets.iter().map(|p| IoSlice::new(p.as_bytes())).collect();
+        write_all_vectored(&mut self.stream, &mut slices)
+            .await
+            .map_err(TransportError::Io)
     }
 
     async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// Writes every slice, in as few `writev` calls as the kernel allows
+/// (`write_all` for slices: tokio has none).
+pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = writer.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
 }

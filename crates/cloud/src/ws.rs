@@ -1,7 +1,9 @@
 //! WebSocket clients: the `/sub` upgrade and packets in binary frames.
 
 use futures_util::{SinkExt, StreamExt};
-use imcloud_protocol::{BatchBuilder, EncodedPacket, HEADER_LEN, Packet};
+use std::io::IoSlice;
+
+use imcloud_protocol::{EncodedPacket, HEADER_LEN, Packet, batch_header, batch_runs};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -11,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::CloudConfig;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Transport, TransportError, write_all_vectored};
 
 /// The only path clients may upgrade on.
 pub(crate) const PATH: &str = "/sub";
@@ -21,6 +23,54 @@ pub(crate) struct WsTransport {
     ws: WebSocketStream<TcpStream>,
     max_body: usize,
     max_batch: usize,
+}
+
+/// The bytes before a frame's packets: the WebSocket header of a final,
+/// unmasked binary frame (server to client), then, for a run of several
+/// packets, the op-9 header that makes them one batch.
+struct FrameHead {
+    bytes: [u8; 10 + HEADER_LEN],
+    len: usize,
+}
+
+impl FrameHead {
+    fn new(run: &[EncodedPacket]) -> FrameHead {
+        let inner: usize = run.iter().map(EncodedPacket::len).sum();
+        let payload = if run.len() > 1 {
+            HEADER_LEN + inner
+        } else {
+            inner
+        };
+        let mut head = FrameHead {
+            bytes: [0; 10 + HEADER_LEN],
+            len: 0,
+        };
+        head.put(&[0x82]); // FIN, binary
+        match payload {
+            0..=125 => head.put(&[payload as u8]),
+            126..=0xffff => {
+                head.put(&[126]);
+                head.put(&(payload as u16).to_be_bytes());
+            }
+            _ => {
+                head.put(&[127]);
+                head.put(&(payload as u64).to_be_bytes());
+            }
+        }
+        if run.len() > 1 {
+            head.put(&batch_header(inner));
+        }
+        head
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// What the upgrade request told us about the client.
@@ -118,45 +168,25 @@ impl Transport for WsTransport {
     }
 
     async fn send(&mut self, packets: &[EncodedPacket]) -> Result<(), TransportError> {
-        match packets {
-            [] => return Ok(()),
-            [one] => {
-                self.ws
-                    .feed(Message::Binary(one.as_bytes().clone()))
-                    .await
-                    .map_err(map_ws_error)?;
-            }
-            many => {
-                // Several queued packets leave as op-9 batch frames.
-                let mut batch = BatchBuilder::new(self.max_batch);
-                for packet in many {
-                    if batch.push(packet) {
-                        continue;
-                    }
-                    if !batch.is_empty() {
-                        let full = std::mem::replace(&mut batch, BatchBuilder::new(self.max_batch));
-                        self.ws
-                            .feed(Message::Binary(full.finish().into_bytes()))
-                            .await
-                            .map_err(map_ws_error)?;
-                    }
-                    if !batch.push(packet) {
-                        // Bigger than any batch: it goes alone.
-                        self.ws
-                            .feed(Message::Binary(packet.as_bytes().clone()))
-                            .await
-                            .map_err(map_ws_error)?;
-                    }
-                }
-                if !batch.is_empty() {
-                    self.ws
-                        .feed(Message::Binary(batch.finish().into_bytes()))
-                        .await
-                        .map_err(map_ws_error)?;
-                }
-            }
+        if packets.is_empty() {
+            return Ok(());
         }
-        self.ws.flush().await.map_err(map_ws_error)
+        // Whatever tungstenite owes the client (a pong) leaves first; after
+        // that the frames are written here, header then the shared packet
+        // buffers, in one vectored write: tungstenite would copy every frame
+        // into an output buffer that it then keeps, sized to the largest
+        // burst, for the rest of the connection.
+        self.ws.flush().await.map_err(map_ws_error)?;
+        let runs: Vec<&[EncodedPacket]> = batch_runs(packets, self.max_batch).collect();
+        let heads: Vec<FrameHead> = runs.iter().map(|run| FrameHead::new(run)).collect();
+        let mut slices = Vec::with_capacity(heads.len() + packets.len());
+        for (head, run) in heads.iter().zip(&runs) {
+            slices.push(IoSlice::new(head.as_bytes()));
+            slices.extend(run.iter().map(|packet| IoSlice::new(packet.as_bytes())));
+        }
+        write_all_vectored(self.ws.get_mut(), &mut slices)
+            .await
+            .map_err(TransportError::Io)
     }
 
     async fn shutdown(&mut self) {
@@ -209,14 +239,59 @@ mod tests {
             &packets[0].as_bytes()[..],
             "one packet goes unbatched"
         );
-        let mut seqs = Vec::new();
-        for frame in &frames[1..] {
-            let outer = Packet::from_frame(frame.clone(), 1 << 20).expect("frame");
-            assert_eq!(outer.op, Op::BATCH);
-            for inner in BatchIter::new(outer.body, 1 << 20) {
-                seqs.push(inner.expect("inner").seq);
+        let outer = Packet::from_frame(frames[1].clone(), 1 << 20).expect("frame");
+        assert_eq!(outer.op, Op::BATCH);
+        let seqs: Vec<u32> = BatchIter::new(outer.body, 1 << 20)
+            .map(|inner| inner.expect("inner").seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(
+            &frames[2][..],
+            &packets[3].as_bytes()[..],
+            "a run of one goes unbatched"
+        );
+    }
+
+    /// Frames of every WebSocket length encoding (7-bit, 16-bit, 64-bit),
+    /// written by hand, read back by tungstenite.
+    #[tokio::test]
+    async fn hand_written_frames_of_every_length_encoding_parse() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/sub", listener.local_addr().expect("addr"));
+        let client = tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let mut frames = Vec::new();
+            while let Some(Ok(Message::Binary(frame))) = ws.next().await {
+                frames.push(frame);
             }
+            frames
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut upgrade = accept(stream, &CloudConfig::default())
+            .await
+            .expect("upgrade");
+        let sizes = [0, 109, 110, 65_519, 65_520, 200_000];
+        let packets: Vec<EncodedPacket> = sizes
+            .iter()
+            .map(|size| {
+                Packet::new(Op(1000), 0, vec![7u8; *size])
+                    .encode()
+                    .expect("encode")
+            })
+            .collect();
+        for packet in &packets {
+            upgrade
+                .transport
+                .send(std::slice::from_ref(packet))
+                .await
+                .expect("send");
         }
-        assert_eq!(seqs, [1, 2, 3]);
+        upgrade.transport.shutdown().await;
+        let frames = client.await.expect("client");
+        let expected: Vec<&[u8]> = packets.iter().map(|p| &p.as_bytes()[..]).collect();
+        let got: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        assert_eq!(got, expected);
     }
 }

@@ -59,16 +59,68 @@ impl BatchBuilder {
 
     /// The finished op-9 packet.
     pub fn finish(mut self) -> EncodedPacket {
-        let header = Header {
-            // Cannot truncate: `push` keeps the length within MAX_PACKET_LEN.
-            packet_len: self.buf.len() as u32,
-            header_len: HEADER_LEN as u16,
-            ver: VERSION,
-            op: Op::BATCH,
-            seq: 0,
-        };
-        header.put(&mut &mut self.buf[..HEADER_LEN]);
+        let header = batch_header(self.buf.len() - HEADER_LEN);
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
         EncodedPacket::from_encoded(self.buf.freeze())
+    }
+}
+
+/// The op-9 header of a batch whose packets take `inner_len` bytes: a
+/// writer can send it followed by the packets themselves (one vectored
+/// write) instead of copying them into one buffer.
+///
+/// `inner_len` must leave the whole batch within [`MAX_PACKET_LEN`], as
+/// [`batch_runs`] ensures.
+pub fn batch_header(inner_len: usize) -> [u8; HEADER_LEN] {
+    let header = Header {
+        packet_len: u32::try_from(HEADER_LEN + inner_len).unwrap_or(u32::MAX),
+        header_len: HEADER_LEN as u16,
+        ver: VERSION,
+        op: Op::BATCH,
+        seq: 0,
+    };
+    let mut bytes = [0; HEADER_LEN];
+    header.put(&mut &mut bytes[..]);
+    bytes
+}
+
+/// Splits queued packets into runs, in order, each of which is sent as one
+/// op-9 batch of at most `max_len` bytes (header included). A run of one
+/// packet is sent as itself: it is alone because the next one did not fit,
+/// or because it is too big for any batch.
+pub fn batch_runs(packets: &[EncodedPacket], max_len: usize) -> BatchRuns<'_> {
+    BatchRuns {
+        rest: packets,
+        max_len: max_len.min(MAX_PACKET_LEN),
+    }
+}
+
+/// The iterator of [`batch_runs`].
+#[derive(Debug)]
+pub struct BatchRuns<'a> {
+    rest: &'a [EncodedPacket],
+    max_len: usize,
+}
+
+impl<'a> Iterator for BatchRuns<'a> {
+    type Item = &'a [EncodedPacket];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let mut len = HEADER_LEN;
+        let mut count = 0;
+        for packet in self.rest {
+            if len + packet.len() > self.max_len {
+                break;
+            }
+            len += packet.len();
+            count += 1;
+        }
+        let (run, rest) = self.rest.split_at(count.max(1));
+        self.rest = rest;
+        Some(run)
     }
 }
 
@@ -176,6 +228,42 @@ mod tests {
         let mut tiny = BatchBuilder::new(HEADER_LEN + 10);
         assert!(!tiny.push(&packet), "too big even for an empty batch");
         assert!(tiny.is_empty());
+    }
+
+    #[test]
+    fn runs_fill_batches_in_order_and_oversized_packets_go_alone() {
+        let small = Packet::new(Op(1000), 0, vec![0u8; 84])
+            .encode()
+            .expect("encode");
+        let big = Packet::new(Op(1001), 0, vec![0u8; 500])
+            .encode()
+            .expect("encode");
+        let queued = [&small, &small, &small, &big, &small]
+            .map(|p| (*p).clone())
+            .to_vec();
+        let runs: Vec<usize> = batch_runs(&queued, HEADER_LEN + 2 * small.len())
+            .map(<[EncodedPacket]>::len)
+            .collect();
+        assert_eq!(runs, [2, 1, 1, 1]);
+        assert_eq!(batch_runs(&[], 1024).count(), 0);
+    }
+
+    #[test]
+    fn a_header_then_the_packets_is_the_same_batch_the_builder_makes() {
+        let encoded: Vec<EncodedPacket> = packets()
+            .iter()
+            .map(|p| p.encode().expect("encode"))
+            .collect();
+        let mut batch = BatchBuilder::new(64 * 1024);
+        for packet in &encoded {
+            assert!(batch.push(packet));
+        }
+        let inner: usize = encoded.iter().map(EncodedPacket::len).sum();
+        let mut gathered = batch_header(inner).to_vec();
+        for packet in &encoded {
+            gathered.extend_from_slice(packet.as_bytes());
+        }
+        assert_eq!(gathered, batch.finish().as_bytes()[..]);
     }
 
     #[test]

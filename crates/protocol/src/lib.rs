@@ -18,7 +18,7 @@ mod error;
 mod op;
 mod packet;
 
-pub use batch::{BatchBuilder, BatchIter};
+pub use batch::{BatchBuilder, BatchIter, BatchRuns, batch_header, batch_runs};
 pub use close::{CloseBody, CloseReason};
 pub use codec::PacketCodec;
 pub use error::ProtocolError;

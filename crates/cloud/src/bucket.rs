@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
-use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket};
+use imcloud_protocol::{CloseBody, CloseReason};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{Delivery, Metrics};
-use crate::outbox::{Outbox, Rejected};
+use crate::outbox::{Outbox, Push, Rejected};
 
 /// A connection key, as logic gave it.
 pub(crate) type Key = Arc<str>;
@@ -68,15 +68,15 @@ enum Command {
     },
     PushKeys {
         keys: Vec<Key>,
-        packet: EncodedPacket,
+        push: Push,
         filter: Option<u32>,
     },
     PushRoom {
         room: RoomId,
-        packet: EncodedPacket,
+        push: Push,
     },
     Broadcast {
-        packet: EncodedPacket,
+        push: Push,
         filter: Option<u32>,
     },
     Select {
@@ -143,32 +143,28 @@ impl Bucket {
                     }
                 }
             }
-            Command::PushKeys {
-                keys,
-                packet,
-                filter,
-            } => {
+            Command::PushKeys { keys, push, filter } => {
                 let targets = keys
                     .iter()
                     .filter_map(|key| self.members.get(key))
                     .filter(|m| m.accepts(filter))
                     .map(|m| &m.outbox);
-                let sent = deliver(targets, &packet);
+                let sent = deliver(targets, &push);
                 self.metrics.delivered(Delivery::Key, sent);
             }
-            Command::PushRoom { room, packet } => {
+            Command::PushRoom { room, push } => {
                 if let Some(members) = self.rooms.get(&room) {
-                    let sent = deliver(members.values(), &packet);
+                    let sent = deliver(members.values(), &push);
                     self.metrics.delivered(Delivery::Room, sent);
                 }
             }
-            Command::Broadcast { packet, filter } => {
+            Command::Broadcast { push, filter } => {
                 let targets = self
                     .members
                     .values()
                     .filter(|m| m.accepts(filter))
                     .map(|m| &m.outbox);
-                let sent = deliver(targets, &packet);
+                let sent = deliver(targets, &push);
                 self.metrics.delivered(Delivery::Broadcast, sent);
             }
             Command::Select { filter, reply } => {
@@ -223,15 +219,12 @@ impl Bucket {
     }
 }
 
-/// Queues one shared packet into each outbox; returns how many took it.
+/// Queues one shared push into each outbox; returns how many took it.
 /// A full outbox closes its connection (slow consumer) and is skipped.
-pub(crate) fn deliver<'a>(
-    targets: impl IntoIterator<Item = &'a Arc<Outbox>>,
-    packet: &EncodedPacket,
-) -> u64 {
+pub(crate) fn deliver<'a>(targets: impl IntoIterator<Item = &'a Arc<Outbox>>, push: &Push) -> u64 {
     let mut sent = 0;
     for outbox in targets {
-        match outbox.push(packet.clone()) {
+        match outbox.deliver(push) {
             Ok(()) => sent += 1,
             Err(Rejected::Overflow | Rejected::Closed) => {}
         }
@@ -332,11 +325,11 @@ impl Buckets {
         &self.handles[self.index(key)]
     }
 
-    /// Pushes `packet` to these keys: one command per bucket concerned.
+    /// Pushes `push` to these keys: one command per bucket concerned.
     pub(crate) async fn push_keys(
         &self,
         keys: impl IntoIterator<Item = Key>,
-        packet: &EncodedPacket,
+        push: &Push,
         filter: Option<u32>,
     ) -> Result<(), BucketGone> {
         let mut by_bucket: Vec<Vec<Key>> = vec![Vec::new(); self.handles.len()];
@@ -348,7 +341,7 @@ impl Buckets {
                 handle
                     .send(Command::PushKeys {
                         keys,
-                        packet: packet.clone(),
+                        push: push.clone(),
                         filter,
                     })
                     .await?;
@@ -357,33 +350,29 @@ impl Buckets {
         Ok(())
     }
 
-    /// Pushes `packet` to every member of `room`.
-    pub(crate) async fn push_room(
-        &self,
-        room: RoomId,
-        packet: &EncodedPacket,
-    ) -> Result<(), BucketGone> {
+    /// Pushes `push` to every member of `room`.
+    pub(crate) async fn push_room(&self, room: RoomId, push: &Push) -> Result<(), BucketGone> {
         for handle in &self.handles {
             handle
                 .send(Command::PushRoom {
                     room: room.clone(),
-                    packet: packet.clone(),
+                    push: push.clone(),
                 })
                 .await?;
         }
         Ok(())
     }
 
-    /// Pushes `packet` to every connection that accepts `filter` (all, if none).
+    /// Pushes `push` to every connection that accepts `filter` (all, if none).
     pub(crate) async fn broadcast(
         &self,
-        packet: &EncodedPacket,
+        push: &Push,
         filter: Option<u32>,
     ) -> Result<(), BucketGone> {
         for handle in &self.handles {
             handle
                 .send(Command::Broadcast {
-                    packet: packet.clone(),
+                    push: push.clone(),
                     filter,
                 })
                 .await?;

@@ -92,6 +92,12 @@ pub struct CloudConfig {
     /// The cluster's API key: required on this node's gRPC API and sent to
     /// logic nodes. Required when the gRPC API listens off loopback.
     pub api_key: Secret,
+    /// Serve the demo page (and the JavaScript SDK it uses) at `/` on the
+    /// HTTP port.
+    pub demo_page: bool,
+    /// The logic HTTP API the demo page pushes through; empty: port 3111 on
+    /// the host the page was loaded from.
+    pub demo_api_url: String,
 }
 
 impl Default for CloudConfig {
@@ -116,6 +122,8 @@ impl Default for CloudConfig {
             ws_read_buffer: DEFAULT_WS_READ_BUFFER,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             api_key: Secret::default(),
+            demo_page: true,
+            demo_api_url: String::new(),
         }
     }
 }

@@ -238,13 +238,14 @@ impl Session {
                     return End::Abort(CloseBody::new(CloseReason::Draining, Some("drain grace ran out")));
                 }
                 () = self.outbox.ready() => {
-                    if let Some(close) = self.outbox.drain(&mut self.pending) {
+                    let drained = self.outbox.drain(&mut self.pending);
+                    if let Some(close) = drained.close {
                         return End::Close(close);
                     }
                     // Boxed: the write (with its timeout) would otherwise
                     // size every idle connection's future; one small
                     // allocation per write is nothing next to the syscall.
-                    if let Err(end) = Box::pin(self.write(transport)).await {
+                    if let Err(end) = Box::pin(self.write(transport, drained.oldest_push)).await {
                         return end;
                     }
                 }
@@ -273,12 +274,20 @@ impl Session {
     /// Writes what was drained. A write that takes longer than
     /// `write_timeout` means a client that stopped reading: it is cut, as a
     /// slow consumer, without waiting for its queue to overflow.
-    async fn write<T: Transport>(&mut self, transport: &mut T) -> Result<(), End> {
+    async fn write<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        oldest_push: Option<std::time::Instant>,
+    ) -> Result<(), End> {
         let write_timeout = self.node.config.write_timeout;
         let result = timeout(write_timeout, transport.send(&self.pending)).await;
+        let written = self.pending.len();
         self.pending.clear();
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.node.metrics.written(written, oldest_push);
+                Ok(())
+            }
             Ok(Err(err)) => Err(End::Gone(err.to_string())),
             // The write was cut midway: the stream cannot carry op 6 any more.
             Err(_) => Err(End::Abort(CloseBody::new(

@@ -3,6 +3,7 @@
 //! to every receiver.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use imcloud_auth::ApiKey;
 use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
@@ -10,7 +11,7 @@ use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, Empty, Proto, PushMsgReply,
     PushMsgReq, RoomsReply, RoomsReq,
 };
-use imcloud_protocol::{EncodedPacket, Op, Packet, VERSION};
+use imcloud_protocol::{Op, Packet, VERSION};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use tracing::{debug, info};
 use crate::bucket::{BucketGone, deliver};
 use crate::metrics::Delivery;
 use crate::node::Node;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Push};
 use crate::pace::paced;
 
 pub(crate) async fn serve(
@@ -30,6 +31,7 @@ pub(crate) async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let check = ApiKey::new(node.config.api_key.clone()).interceptor();
     tonic::transport::Server::builder()
+        .layer(node.metrics.grpc.layer())
         .add_service(CloudServer::with_interceptor(CloudService { node }, check))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
@@ -45,8 +47,10 @@ impl From<BucketGone> for Status {
     }
 }
 
-/// Checks a pushed message and encodes it once.
-fn encode(proto: Option<Proto>) -> Result<EncodedPacket, Status> {
+/// Checks a pushed message and encodes it once, stamped with the time it
+/// arrived (for the push latency metric).
+fn encode(proto: Option<Proto>) -> Result<Push, Status> {
+    let at = Instant::now();
     let proto = proto.ok_or_else(|| Status::invalid_argument("proto is required"))?;
     let op = u32::try_from(proto.op)
         .ok()
@@ -73,6 +77,7 @@ fn encode(proto: Option<Proto>) -> Result<EncodedPacket, Status> {
         body: proto.body.into(),
     }
     .encode()
+    .map(|packet| Push::new(packet, at))
     .map_err(|err| Status::invalid_argument(err.to_string()))
 }
 
@@ -112,10 +117,11 @@ impl Cloud for CloudService {
             ));
         }
         let filter = op_filter(request.proto_op)?;
-        let packet = encode(request.proto)?;
-        debug!(keys = request.keys.len(), op = %packet.op(), "push to keys");
+        let push = encode(request.proto)?;
+        self.node.metrics.pushed(Delivery::Key);
+        debug!(keys = request.keys.len(), op = %push.packet.op(), "push to keys");
         let keys = request.keys.iter().map(|key| key.as_str().into());
-        self.node.buckets.push_keys(keys, &packet, filter).await?;
+        self.node.buckets.push_keys(keys, &push, filter).await?;
         Ok(Response::new(PushMsgReply {}))
     }
 
@@ -128,16 +134,17 @@ impl Cloud for CloudService {
         let speed = u32::try_from(request.speed).map_err(|_| {
             Status::invalid_argument(format!("speed {} is negative", request.speed))
         })?;
-        let packet = encode(request.proto)?;
-        debug!(op = %packet.op(), speed, "broadcast");
+        let push = encode(request.proto)?;
+        self.node.metrics.pushed(Delivery::Broadcast);
+        debug!(op = %push.packet.op(), speed, "broadcast");
         if speed == 0 {
-            self.node.buckets.broadcast(&packet, filter).await?;
+            self.node.buckets.broadcast(&push, filter).await?;
         } else {
             // Pacing takes a while: snapshot the receivers and let the
             // buckets go on serving meanwhile.
             let targets = self.node.buckets.select(filter).await?;
             let node = self.node.clone();
-            tokio::spawn(async move { pace(targets, packet, speed, &node).await });
+            tokio::spawn(async move { pace(targets, push, speed, &node).await });
         }
         Ok(Response::new(BroadcastReply {}))
     }
@@ -150,11 +157,12 @@ impl Cloud for CloudService {
         if request.room_id.is_empty() {
             return Err(Status::invalid_argument("roomID must not be empty"));
         }
-        let packet = encode(request.proto)?;
-        debug!(room = %request.room_id, op = %packet.op(), "push to room");
+        let push = encode(request.proto)?;
+        self.node.metrics.pushed(Delivery::Room);
+        debug!(room = %request.room_id, op = %push.packet.op(), "push to room");
         self.node
             .buckets
-            .push_room(request.room_id.as_str().into(), &packet)
+            .push_room(request.room_id.as_str().into(), &push)
             .await?;
         Ok(Response::new(BroadcastRoomReply {}))
     }
@@ -171,9 +179,9 @@ impl Cloud for CloudService {
 }
 
 /// Delivers to at most `speed` connections per second, in small steps.
-async fn pace(targets: Vec<Arc<Outbox>>, packet: EncodedPacket, speed: u32, node: &Node) {
+async fn pace(targets: Vec<Arc<Outbox>>, push: Push, speed: u32, node: &Node) {
     paced(&targets, speed, |group| {
-        let sent = deliver(group, &packet);
+        let sent = deliver(group, &push);
         node.metrics.delivered(Delivery::Broadcast, sent);
     })
     .await;

@@ -1,5 +1,5 @@
 //! The node's own HTTP port: health (for load balancers and Kubernetes
-//! readiness) and Prometheus metrics.
+//! readiness), Prometheus metrics, and the demo page.
 
 use std::sync::Arc;
 
@@ -11,17 +11,22 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::demo;
 use crate::node::Node;
 
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    ws_port: u16,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .with_state(node);
+        .route("/metrics", get(metrics));
+    if node.config.demo_page {
+        app = app.merge(demo::routes(ws_port));
+    }
+    let app = app.with_state(node);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -8,6 +8,7 @@
 mod bucket;
 pub mod config;
 mod conn;
+mod demo;
 mod grpc;
 mod http;
 mod listener;
@@ -22,5 +23,5 @@ mod ws;
 
 pub use config::{CloudConfig, ConfigError};
 pub use logic::BadLogicAddr;
-pub use metrics::Metrics;
+pub use metrics::{Delivery, Metrics};
 pub use node::{Cloud, CloudError, Listeners, run};

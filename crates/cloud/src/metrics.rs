@@ -1,11 +1,15 @@
 //! The cloud node's metrics, in a registry of its own (so several nodes in
 //! one test process never mix their numbers), served as Prometheus text.
 
+use std::time::Instant;
+
 use imcloud_protocol::CloseReason;
+use imcloud_telemetry::{GrpcMetrics, latency_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,12 +32,25 @@ struct KindLabel {
     kind: &'static str,
 }
 
-/// What a delivery was addressed to.
+/// What a push was addressed to.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Delivery {
+pub enum Delivery {
+    /// Connection keys (`PushMsg`).
     Key,
+    /// A room (`BroadcastRoom`).
     Room,
+    /// Everyone, or everyone accepting an op (`Broadcast`).
     Broadcast,
+}
+
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::Key => "key",
+            Delivery::Room => "room",
+            Delivery::Broadcast => "broadcast",
+        }
+    }
 }
 
 /// Counters and gauges of one cloud node.
@@ -44,8 +61,15 @@ pub struct Metrics {
     closes: Family<ReasonLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
     auth_ok: Counter,
+    pushed: Family<KindLabel, Counter>,
     delivered: Family<KindLabel, Counter>,
+    written: Counter,
+    queue_depth: Histogram,
+    push_latency: Histogram,
+    rooms: Gauge,
     limits: Family<LimitLabel, Counter>,
+    /// gRPC calls by method and code (its layer wraps the gRPC server).
+    pub(crate) grpc: GrpcMetrics,
 }
 
 impl Default for Metrics {
@@ -55,8 +79,14 @@ impl Default for Metrics {
         let closes = Family::<ReasonLabel, Counter>::default();
         let auth_failures = Family::<ReasonLabel, Counter>::default();
         let auth_ok = Counter::default();
+        let pushed = Family::<KindLabel, Counter>::default();
         let delivered = Family::<KindLabel, Counter>::default();
+        let written = Counter::default();
+        let queue_depth = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let push_latency = latency_histogram();
+        let rooms = Gauge::default();
         let limits = Family::<LimitLabel, Counter>::default();
+        let grpc = GrpcMetrics::register(&mut registry);
         registry.register(
             "limits_hit",
             "Times a limit refused or closed a client (connections, connections_per_ip, handshake_timeout, max_body, send_queue)",
@@ -79,9 +109,34 @@ impl Default for Metrics {
             auth_failures.clone(),
         );
         registry.register(
+            "pushed",
+            "Push requests received on the gRPC API, by kind (key, room, broadcast)",
+            pushed.clone(),
+        );
+        registry.register(
             "delivered",
-            "Packets queued to clients, by what they were addressed to",
+            "Packets queued to clients, by what they were addressed to (key, room, broadcast)",
             delivered.clone(),
+        );
+        registry.register(
+            "written_packets",
+            "Packets written to client sockets (pushes, replies and op 6)",
+            written.clone(),
+        );
+        registry.register(
+            "send_queue_depth",
+            "Packets a connection's writer found queued when it woke: 1 is keeping up",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "push_latency_seconds",
+            "From a push reaching the gRPC API to its write to the socket (the oldest packet of each write)",
+            push_latency.clone(),
+        );
+        registry.register(
+            "rooms",
+            "Rooms with at least one connection on this node (as last reported to logic)",
+            rooms.clone(),
         );
         Metrics {
             registry,
@@ -89,8 +144,14 @@ impl Default for Metrics {
             closes,
             auth_failures,
             auth_ok,
+            pushed,
             delivered,
+            written,
+            queue_depth,
+            push_latency,
+            rooms,
             limits,
+            grpc,
         }
     }
 }
@@ -161,14 +222,41 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn delivered(&self, kind: Delivery, count: u64) {
-        let kind = match kind {
-            Delivery::Key => "key",
-            Delivery::Room => "room",
-            Delivery::Broadcast => "broadcast",
-        };
+    /// How many packets were queued to clients by pushes of `kind`.
+    pub fn delivered_count(&self, kind: Delivery) -> u64 {
         self.delivered
-            .get_or_create(&KindLabel { kind })
+            .get_or_create(&KindLabel { kind: kind.name() })
+            .get()
+    }
+
+    /// gRPC calls of `method` that ended with `code` (`"OK"`, ...).
+    pub fn grpc_calls(&self, method: &str, code: &'static str) -> u64 {
+        self.grpc.calls(method, code)
+    }
+
+    pub(crate) fn delivered(&self, kind: Delivery, count: u64) {
+        self.delivered
+            .get_or_create(&KindLabel { kind: kind.name() })
             .inc_by(count);
+    }
+
+    pub(crate) fn pushed(&self, kind: Delivery) {
+        self.pushed
+            .get_or_create(&KindLabel { kind: kind.name() })
+            .inc();
+    }
+
+    /// One write of `packets`; `oldest_push` is when the oldest push among
+    /// them reached the API.
+    pub(crate) fn written(&self, packets: usize, oldest_push: Option<Instant>) {
+        self.written.inc_by(packets as u64);
+        self.queue_depth.observe(packets as f64);
+        if let Some(at) = oldest_push {
+            self.push_latency.observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    pub(crate) fn set_rooms(&self, rooms: usize) {
+        self.rooms.set(i64::try_from(rooms).unwrap_or(i64::MAX));
     }
 }

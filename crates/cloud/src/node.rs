@@ -216,7 +216,13 @@ async fn serve(node: Arc<Node>, listeners: Listeners) -> Result<(), CloudError> 
     let connections = TaskTracker::new();
     let apis_stop = CancellationToken::new();
     let grpc = tokio::spawn(grpc::serve(listeners.grpc, node.clone(), apis_stop.clone()));
-    let http = tokio::spawn(http::serve(listeners.http, node.clone(), apis_stop.clone()));
+    let ws_port = listeners.ws.local_addr().map_or(0, |addr| addr.port());
+    let http = tokio::spawn(http::serve(
+        listeners.http,
+        node.clone(),
+        ws_port,
+        apis_stop.clone(),
+    ));
     let reporter = tokio::spawn(online::report(node.clone(), apis_stop.clone()));
     let tcp = tokio::spawn(accept_loop(
         listeners.tcp,

@@ -62,6 +62,7 @@ pub(crate) async fn report(node: std::sync::Arc<Node>, stop: CancellationToken) 
             .into_iter()
             .map(|(room, count)| (room.to_string(), i32::try_from(count).unwrap_or(i32::MAX)))
             .collect();
+        node.metrics.set_rooms(local.len());
         match node.logic.renew_online(local.clone()).await {
             Ok(cluster) => {
                 if failing {

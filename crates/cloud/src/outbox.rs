@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use imcloud_protocol::{CloseBody, EncodedPacket};
 use tokio::sync::Notify;
@@ -29,6 +30,29 @@ pub(crate) enum Rejected {
     Closed,
 }
 
+/// A push on its way to connections: the packet, encoded once and shared,
+/// and when it reached the API (for the push latency metric).
+#[derive(Clone, Debug)]
+pub(crate) struct Push {
+    pub(crate) packet: EncodedPacket,
+    pub(crate) at: Instant,
+}
+
+impl Push {
+    pub(crate) fn new(packet: EncodedPacket, at: Instant) -> Push {
+        Push { packet, at }
+    }
+}
+
+/// What one drain took out of the queue.
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    /// The close asked for, if any: the connection ends after writing.
+    pub(crate) close: Option<CloseBody>,
+    /// When the oldest push among the drained packets reached the API.
+    pub(crate) oldest_push: Option<Instant>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
@@ -40,6 +64,7 @@ pub(crate) struct Outbox {
 struct State {
     queue: VecDeque<EncodedPacket>,
     close: Option<CloseBody>,
+    oldest_push: Option<Instant>,
 }
 
 impl Outbox {
@@ -57,9 +82,18 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a packet without waiting. On overflow the queue is closed with
-    /// `slow consumer` and every later push is refused.
+    /// Queues a reply or an ack without waiting (see [`Outbox::deliver`]).
     pub(crate) fn push(&self, packet: EncodedPacket) -> Result<(), Rejected> {
+        self.enqueue(packet, None)
+    }
+
+    /// Queues a push without waiting. On overflow the queue is closed with
+    /// `slow consumer` and every later push is refused.
+    pub(crate) fn deliver(&self, push: &Push) -> Result<(), Rejected> {
+        self.enqueue(push.packet.clone(), Some(push.at))
+    }
+
+    fn enqueue(&self, packet: EncodedPacket, at: Option<Instant>) -> Result<(), Rejected> {
         {
             let mut state = self.lock();
             if state.close.is_some() {
@@ -76,6 +110,9 @@ impl Outbox {
                 return Err(Rejected::Overflow);
             }
             state.queue.push_back(packet);
+            if state.oldest_push.is_none() {
+                state.oldest_push = at;
+            }
             if state.queue.len() > 1 {
                 // The reader was already woken by the first queued packet and
                 // drains everything when it runs: no second wake-up needed.
@@ -103,9 +140,9 @@ impl Outbox {
         first
     }
 
-    /// Moves every queued packet into `out` and returns the close, if one
-    /// was asked for.
-    pub(crate) fn drain(&self, out: &mut Vec<EncodedPacket>) -> Option<CloseBody> {
+    /// Moves every queued packet into `out`; says whether a close was asked
+    /// for and how old the oldest push is.
+    pub(crate) fn drain(&self, out: &mut Vec<EncodedPacket>) -> Drained {
         let mut state = self.lock();
         out.extend(state.queue.drain(..));
         if state.queue.capacity() > SHRINK_ABOVE {
@@ -113,7 +150,10 @@ impl Outbox {
             // memory back rather than hold it while the connection idles.
             state.queue.shrink_to_fit();
         }
-        state.close.clone()
+        Drained {
+            close: state.close.clone(),
+            oldest_push: state.oldest_push.take(),
+        }
     }
 
     /// Waits until there is something to drain: a packet or a close.
@@ -156,7 +196,7 @@ mod tests {
         assert_eq!(outbox.push(packet(3)), Err(Rejected::Overflow));
         assert_eq!(outbox.push(packet(4)), Err(Rejected::Closed));
         let mut out = Vec::new();
-        let close = outbox.drain(&mut out).expect("closed");
+        let close = outbox.drain(&mut out).close.expect("closed");
         assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
         assert_eq!(out, vec![packet(1), packet(2)]);
     }
@@ -166,8 +206,23 @@ mod tests {
         let outbox = Outbox::new(2);
         assert!(outbox.close(CloseBody::new(CloseReason::Kicked, None)));
         assert!(!outbox.close(CloseBody::new(CloseReason::Draining, None)));
-        let close = outbox.drain(&mut Vec::new()).expect("closed");
+        let close = outbox.drain(&mut Vec::new()).close.expect("closed");
         assert_eq!(close.close_reason(), Some(CloseReason::Kicked));
+    }
+
+    #[test]
+    fn a_drain_reports_its_oldest_push_and_replies_carry_none() {
+        let outbox = Outbox::new(8);
+        outbox.push(packet(1)).expect("reply");
+        let first = Instant::now();
+        outbox.deliver(&Push::new(packet(2), first)).expect("push");
+        outbox
+            .deliver(&Push::new(packet(3), Instant::now()))
+            .expect("push");
+        let drained = outbox.drain(&mut Vec::new());
+        assert_eq!(drained.oldest_push, Some(first));
+        outbox.push(packet(4)).expect("reply");
+        assert_eq!(outbox.drain(&mut Vec::new()).oldest_push, None);
     }
 
     #[tokio::test]
@@ -179,7 +234,7 @@ mod tests {
                 let mut out = Vec::new();
                 loop {
                     outbox.ready().await;
-                    if outbox.drain(&mut out).is_some() {
+                    if outbox.drain(&mut out).close.is_some() {
                         return out;
                     }
                 }

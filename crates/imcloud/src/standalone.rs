@@ -1,6 +1,8 @@
 //! Standalone mode: one logic and one cloud node in one process, wired to
 //! each other, with the in-memory session store and static discovery.
 
+use std::net::SocketAddr;
+
 use imcloud_cloud::Cloud;
 use imcloud_discovery::ServiceNode;
 use imcloud_logic::Logic;
@@ -52,6 +54,11 @@ impl Standalone {
             tcp: tcp.to_string(),
             load: 0,
         }];
+        // The demo page (cloud HTTP) pushes through logic's HTTP API.
+        if file.cloud.demo_api_url.is_empty() && !logic_http.ip().is_unspecified() {
+            file.cloud.demo_api_url = format!("http://{logic_http}");
+        }
+        file.logic.cors_origins.extend(page_origins(cloud_http));
         let logic_stop = CancellationToken::new();
         let logic = Logic::start(logic_listeners, file.logic, logic_stop.clone())?;
         let cloud = Cloud::start(cloud_listeners, file.cloud, shutdown)?;
@@ -74,5 +81,19 @@ impl Standalone {
         self.logic_stop.cancel();
         self.logic.wait().await?;
         Ok(drained?)
+    }
+}
+
+/// The origins a browser gives the demo page served on `http`: on loopback
+/// both spellings of the host; on a wildcard address none can be known (set
+/// `cors_origins` by hand).
+fn page_origins(http: SocketAddr) -> Vec<String> {
+    let port = http.port();
+    match http.ip() {
+        ip if ip.is_unspecified() => Vec::new(),
+        ip if ip.is_loopback() => {
+            vec![format!("http://{http}"), format!("http://localhost:{port}")]
+        }
+        _ => vec![format!("http://{http}")],
     }
 }

@@ -154,6 +154,10 @@ pub struct LogicConfig {
     /// (`Authorization: Bearer <key>`) and on the gRPC API, and sent to cloud
     /// nodes. Required when either API listens off loopback.
     pub api_key: Secret,
+    /// Web origins (`http://host:port`) whose pages may call the HTTP API
+    /// from a browser (CORS), like the demo page cloud nodes serve. Empty:
+    /// no CORS headers, browsers refuse cross-origin calls.
+    pub cors_origins: Vec<String>,
     /// Cloud nodes, for static discovery.
     pub cloud_nodes: Vec<ServiceNode>,
 }
@@ -177,6 +181,7 @@ impl Default for LogicConfig {
             redis_prefix: String::new(),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             api_key: Secret::default(),
+            cors_origins: Vec::new(),
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
                 grpc: "127.0.0.1:3109".to_owned(),
@@ -219,6 +224,18 @@ impl LogicConfig {
         }
         if self.max_push_targets == 0 || self.max_push_body == 0 {
             return invalid("max_push_targets/max_push_body", "must be at least 1");
+        }
+        if self.cors_origins.iter().any(|origin| {
+            !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+                || origin
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        }) {
+            return invalid(
+                "cors_origins",
+                "must be origins like http://host:port (scheme, host, port; no path)",
+            );
         }
         if self
             .cloud_nodes

@@ -23,6 +23,7 @@ pub(crate) async fn serve(
     let stop = node.stop.clone();
     let check = node.api_key.interceptor();
     tonic::transport::Server::builder()
+        .layer(node.metrics.grpc.layer())
         .add_service(LogicServer::with_interceptor(LogicService { node }, check))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await

@@ -4,22 +4,26 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::config::DEVELOPMENT_SECRET;
 use crate::node::Node;
 use crate::nodes::nodes_advice;
 use crate::push::{Message, PushError};
 use crate::session::StoreError;
+use crate::verifier::{Claims, Jwt};
 
 pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<()> {
     let stop = node.stop.clone();
@@ -35,6 +39,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Re
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key));
     let app = Router::new()
         .merge(backend)
+        .route("/im/dev/token", get(dev_token))
         .route("/{style}/nodes", get(nodes))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -44,10 +49,25 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Re
             node.clone(),
             count_refusals,
         ))
+        .layer(cors(&node.config.cors_origins))
         .with_state(node);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
+}
+
+/// Lets the configured web origins (the demo page) call the API from a
+/// browser; with none configured, no CORS headers are sent at all.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        // `validate` has checked every origin parses.
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
 }
 
 /// Counts push bodies refused by `max_push_body` (axum answers them 413).
@@ -355,6 +375,50 @@ async fn online_total(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiE
 async fn nodes(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
     Ok(ok(nodes_advice(&node).await?))
 }
+
+/// `GET /im/dev/token?mid=&room=&accepts=`: a one-hour token signed with
+/// the development secret, for the demo page and first steps. Refused (404)
+/// unless logic runs with that secret, which it only does on loopback.
+async fn dev_token(
+    State(node): State<Arc<Node>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    if !node.dev_tokens {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "development tokens exist only while logic uses the development secret; sign tokens in your backend",
+        ));
+    }
+    let params = Params::from_query(query.as_deref());
+    let mid: i64 = params
+        .number("mid")?
+        .ok_or_else(|| ApiError::bad("mid is required"))?;
+    let accepts = params
+        .list("accepts")
+        .iter()
+        .map(|op| {
+            op.parse()
+                .map_err(|_| ApiError::bad(format!("accepts: {op:?} is not an op")))
+        })
+        .collect::<Result<Vec<i32>, _>>()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let claims = Claims {
+        mid: Some(mid),
+        room_id: params.first("room").unwrap_or_default().to_owned(),
+        platform: params.first("platform").unwrap_or("web").to_owned(),
+        accepts,
+        exp: now + DEV_TOKEN_TTL.as_secs(),
+        ..Claims::default()
+    };
+    let token = Jwt::mint_hs256(DEVELOPMENT_SECRET.as_bytes(), &claims)
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    Ok(ok(json!({ "token": token, "expires": claims.exp })))
+}
+
+/// How long a development token lasts.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     if node.stop.is_cancelled() {

@@ -16,6 +16,7 @@ mod push;
 mod redis_store;
 mod router;
 mod session;
+mod timed_store;
 mod verifier;
 
 pub use config::{

@@ -1,8 +1,10 @@
 //! The logic node's metrics, in a registry of its own, served as Prometheus text.
 
+use imcloud_telemetry::{GrpcMetrics, latency_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,7 +25,18 @@ pub struct Metrics {
     connects: Family<ResultLabel, Counter>,
     received: Counter,
     limits: Family<KindLabel, Counter>,
+    store_seconds: StoreHistograms,
+    store_errors: Family<OpLabel, Counter>,
+    /// gRPC calls by method and code (its layer wraps the gRPC server).
+    pub(crate) grpc: GrpcMetrics,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+type StoreHistograms = Family<OpLabel, Histogram, fn() -> Histogram>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -32,6 +45,19 @@ impl Default for Metrics {
         let connects = Family::<ResultLabel, Counter>::default();
         let received = Counter::default();
         let limits = Family::<KindLabel, Counter>::default();
+        let store_seconds: StoreHistograms = Family::new_with_constructor(latency_histogram);
+        let store_errors = Family::<OpLabel, Counter>::default();
+        let grpc = GrpcMetrics::register(&mut registry);
+        registry.register(
+            "store_seconds",
+            "Session store call duration, by operation",
+            store_seconds.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Session store calls that failed, by operation",
+            store_errors.clone(),
+        );
         registry.register(
             "limits_hit",
             "Push requests refused by a limit (push_body, push_targets)",
@@ -58,6 +84,9 @@ impl Default for Metrics {
             connects,
             received,
             limits,
+            store_seconds,
+            store_errors,
+            grpc,
         }
     }
 }
@@ -93,5 +122,26 @@ impl Metrics {
 
     pub(crate) fn received(&self) {
         self.received.inc();
+    }
+}
+
+impl Metrics {
+    /// How many pushes of `kind` were handed to cloud nodes.
+    pub fn pushed_count(&self, kind: &'static str) -> u64 {
+        self.pushed.get_or_create(&KindLabel { kind }).get()
+    }
+
+    /// gRPC calls of `method` that ended with `code` (`"OK"`, ...).
+    pub fn grpc_calls(&self, method: &str, code: &'static str) -> u64 {
+        self.grpc.calls(method, code)
+    }
+
+    pub(crate) fn store_call(&self, op: &'static str, seconds: f64, ok: bool) {
+        self.store_seconds
+            .get_or_create(&OpLabel { op })
+            .observe(seconds);
+        if !ok {
+            self.store_errors.get_or_create(&OpLabel { op }).inc();
+        }
     }
 }

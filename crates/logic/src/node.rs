@@ -18,6 +18,7 @@ use crate::redis_store::RedisStore;
 use crate::router::Clouds;
 use crate::session::SessionStore;
 use crate::session::StoreError;
+use crate::timed_store::TimedStore;
 use crate::verifier::{InsecureJson, Jwt, TokenVerifier, Webhook};
 use crate::{grpc, http};
 
@@ -68,7 +69,10 @@ pub(crate) struct Node {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     pub(crate) clouds: Clouds,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Whether `GET /im/dev/token` mints tokens: only with the development
+    /// secret, which only ever listens on loopback.
+    pub(crate) dev_tokens: bool,
     pub(crate) webhook: reqwest::Client,
     /// Required from backends and cloud nodes.
     pub(crate) api_key: ApiKey,
@@ -130,6 +134,9 @@ impl Logic {
         key.guard("logic gRPC", listeners.grpc.local_addr()?)?;
         key.guard("logic HTTP", listeners.http.local_addr()?)?;
         let verifier = verifier(&config, &listeners)?;
+        let dev_tokens = development_tokens(&config);
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(TimedStore::new(store, metrics.clone()));
         info!(
             server_id = %config.server_id,
             grpc = %listeners.grpc.local_addr()?,
@@ -149,7 +156,8 @@ impl Logic {
                 .unwrap_or_default(),
             store,
             verifier,
-            metrics: Metrics::default(),
+            metrics,
+            dev_tokens,
             stop: shutdown.child_token(),
             config,
         });
@@ -236,4 +244,13 @@ async fn serve(node: Arc<Node>, listeners: Listeners) -> Result<(), LogicError> 
     http.await??;
     info!("logic node stopped");
     Ok(())
+}
+
+/// Development tokens are minted only while logic verifies HS256 tokens
+/// with the well-known development secret: anyone can sign those anyway,
+/// and that secret is refused off loopback.
+fn development_tokens(config: &LogicConfig) -> bool {
+    config.verifier == VerifierKind::Jwt
+        && config.jwt.algorithm == JwtAlgorithm::HS256
+        && config.jwt.secret.expose() == DEVELOPMENT_SECRET
 }

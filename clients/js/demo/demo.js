@@ -1,0 +1,122 @@
+// The demo page: connects with the SDK, shows what arrives, and pushes
+// through logic's HTTP API. Settings come from the query string (ws, api,
+// mid, room, token, apikey), then the cloud node's /demo/config.json, then
+// defaults built from this page's host.
+import { Client, text } from './sdk/index.js';
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+
+async function settings() {
+  let served = {};
+  try {
+    served = await (await fetch('/demo/config.json')).json();
+  } catch {
+    // Not served by a cloud node: the defaults below will do.
+  }
+  const host = location.hostname || '127.0.0.1';
+  const wsScheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  return {
+    ws: query.get('ws') || `${wsScheme}://${host}:${served.ws_port || 3102}/sub`,
+    api: query.get('api') || served.api_url || `${location.protocol}//${host}:3111`,
+    mid: query.get('mid') || String(1 + Math.floor(Math.random() * 100000)),
+    room: query.get('room') || 'live://1000',
+    token: query.get('token') || '',
+    apikey: query.get('apikey') || '',
+  };
+}
+
+function show(result, message, error = false) {
+  result.textContent = message;
+  result.className = error ? 'error' : '';
+}
+
+function addMessage(packet) {
+  const item = document.createElement('li');
+  const meta = document.createElement('span');
+  meta.className = 'meta';
+  meta.textContent = `${new Date().toLocaleTimeString()} op ${packet.op}`;
+  const body = document.createElement('span');
+  body.className = 'body';
+  body.textContent = text(packet);
+  item.append(meta, body);
+  $('messages').prepend(item);
+}
+
+async function api(path, body) {
+  const headers = { 'content-type': 'application/json' };
+  if ($('apikey').value) headers.authorization = `Bearer ${$('apikey').value}`;
+  const response = await fetch(`${$('api').value}${path}`, {
+    method: body ? 'POST' : 'GET',
+    headers,
+    body: body && JSON.stringify(body),
+  });
+  const reply = await response.json();
+  if (!response.ok) throw new Error(reply.message || response.statusText);
+  return reply.data;
+}
+
+let client;
+
+async function connect() {
+  client?.close();
+  const mid = $('mid').value;
+  const room = $('room').value;
+  const typed = $('token').value;
+  client = new Client({
+    url: $('ws').value,
+    // Asked again at every reconnect, so expired development tokens renew.
+    token: async () => typed || (await api(`/im/dev/token?mid=${encodeURIComponent(mid)}&room=${encodeURIComponent(room)}&accepts=1000`)).token,
+  });
+  client.on('state', (state) => {
+    $('state').textContent = state;
+    $('state').dataset.state = state;
+  });
+  client.on('open', (identity) => {
+    $('who').textContent = `mid ${identity.mid} · ${identity.room_id || 'no room'}`;
+  });
+  client.on('online', (count) => {
+    $('online').textContent = String(count);
+  });
+  client.on('close', (info) => show($('result'), `closed: ${info.reason} (${info.code})`, !info.reconnect));
+  client.on('message', addMessage);
+  try {
+    await client.connect();
+  } catch (error) {
+    show($('result'), `cannot connect: ${error.message}`, true);
+  }
+}
+
+async function push(event) {
+  event.preventDefault();
+  const operation = Number($('op').value) || 1000;
+  const msg = $('message').value;
+  const identity = client?.identity;
+  try {
+    let data;
+    switch ($('target').value) {
+      case 'mid':
+        data = await api('/im/push/mids', { mids: [Number($('mid').value)], operation, msg });
+        break;
+      case 'room': {
+        const [type, id] = (identity?.room_id || $('room').value).split('://');
+        data = await api('/im/push/room', { type, room: id, operation, msg });
+        break;
+      }
+      default:
+        data = await api('/im/push/all', { operation, msg });
+    }
+    show($('result'), `sent: ${JSON.stringify(data)}`);
+  } catch (error) {
+    show($('result'), `push failed: ${error.message}`, true);
+  }
+}
+
+const initial = await settings();
+for (const [id, value] of Object.entries(initial)) $(id).value = value;
+$('push').addEventListener('submit', push);
+$('settings').addEventListener('submit', (event) => {
+  event.preventDefault();
+  connect();
+});
+connect();

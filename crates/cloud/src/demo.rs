@@ -1,0 +1,77 @@
+//! The demo page and the JavaScript SDK, compiled into the binary so a
+//! cloud node serves them with nothing else installed: open `/`, connect,
+//! click Send.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+
+use std::sync::Arc;
+
+use crate::node::Node;
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// Every embedded file: path, content type, contents.
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        HTML,
+        include_str!("../../../clients/js/demo/index.html"),
+    ),
+    (
+        "/demo.js",
+        JS,
+        include_str!("../../../clients/js/demo/demo.js"),
+    ),
+    (
+        "/demo.css",
+        CSS,
+        include_str!("../../../clients/js/demo/demo.css"),
+    ),
+    (
+        "/sdk/index.js",
+        JS,
+        include_str!("../../../clients/js/src/index.js"),
+    ),
+    (
+        "/sdk/client.js",
+        JS,
+        include_str!("../../../clients/js/src/client.js"),
+    ),
+    (
+        "/sdk/protocol.js",
+        JS,
+        include_str!("../../../clients/js/src/protocol.js"),
+    ),
+];
+
+/// The routes of the page, its assets and `/demo/config.json` (where the
+/// page learns the WebSocket port and logic's API address).
+pub(crate) fn routes(ws_port: u16) -> Router<Arc<Node>> {
+    let mut router = Router::new().route(
+        "/demo/config.json",
+        get(move |State(node): State<Arc<Node>>| async move {
+            let api = &node.config.demo_api_url;
+            Json(json!({
+                "ws_port": ws_port,
+                "api_url": (!api.is_empty()).then_some(api),
+            }))
+        }),
+    );
+    for (path, content_type, body) in FILES {
+        router =
+            router.route(
+                path,
+                get(move || async move {
+                    ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
+                }),
+            );
+    }
+    router
+}

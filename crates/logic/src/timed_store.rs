@@ -1,0 +1,74 @@
+//! A session store wrapper that times every call and counts failures, so
+//! Redis trouble shows on a dashboard before it shows as 503s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::metrics::Metrics;
+use crate::session::{Online, SessionStore, StoreError};
+
+pub(crate) struct TimedStore {
+    inner: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedStore {
+    pub(crate) fn new(inner: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
+        TimedStore { inner, metrics }
+    }
+
+    async fn time<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .store_call(op, started.elapsed().as_secs_f64(), result.is_ok());
+        result
+    }
+}
+
+#[async_trait]
+impl SessionStore for TimedStore {
+    async fn connect(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
+        self.time("connect", self.inner.connect(mid, key, server))
+            .await
+    }
+
+    async fn disconnect(&self, mid: i64, key: &str, server: &str) -> Result<bool, StoreError> {
+        self.time("disconnect", self.inner.disconnect(mid, key, server))
+            .await
+    }
+
+    async fn renew(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
+        self.time("renew", self.inner.renew(mid, key, server)).await
+    }
+
+    async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        self.time("servers_of_keys", self.inner.servers_of_keys(keys))
+            .await
+    }
+
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+        self.time("keys_of_mids", self.inner.keys_of_mids(mids))
+            .await
+    }
+
+    async fn report_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError> {
+        self.time("report_online", self.inner.report_online(server, rooms))
+            .await
+    }
+
+    async fn online(&self) -> Result<Online, StoreError> {
+        self.time("online", self.inner.online()).await
+    }
+}

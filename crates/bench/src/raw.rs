@@ -39,7 +39,15 @@ pub async fn serve(ws: TcpListener, http: TcpListener) -> anyhow::Result<()> {
         .with_state(tx.clone());
     tokio::spawn(async move { axum::serve(http, app).await });
     loop {
-        let (stream, _) = ws.accept().await?;
+        let stream = match ws.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors, most likely: wait, don't die.
+                eprintln!("raw: accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let mut rx = tx.subscribe();
         tokio::spawn(async move {
@@ -66,9 +74,21 @@ pub async fn serve(ws: TcpListener, http: TcpListener) -> anyhow::Result<()> {
             if ws.send(Message::Binary(reply.into_bytes())).await.is_err() {
                 return;
             }
-            while let Ok(frame) = rx.recv().await {
-                if ws.send(Message::Binary(frame)).await.is_err() {
-                    return;
+            // Read too, or a client that left would hold its socket (and
+            // file descriptor) until the next publish.
+            loop {
+                tokio::select! {
+                    published = rx.recv() => {
+                        let Ok(frame) = published else { return };
+                        if ws.send(Message::Binary(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    received = ws.next() => {
+                        if !matches!(received, Some(Ok(_))) {
+                            return;
+                        }
+                    }
                 }
             }
         });

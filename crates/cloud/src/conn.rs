@@ -301,10 +301,12 @@ impl Session {
     async fn handle(&mut self, packet: Packet) -> Result<(), End> {
         match packet.op {
             Op::HEARTBEAT => {
+                // Counts are reported every few seconds; a client that just
+                // joined is online all the same.
                 let count = self
                     .room
                     .as_deref()
-                    .map_or(0, |room| self.node.online.count(room));
+                    .map_or(0, |room| self.node.online.count(room).max(1));
                 self.reply(&packet, Op::HEARTBEAT_REPLY, count.to_be_bytes().to_vec());
                 self.renew();
             }

@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::json;
@@ -64,6 +64,8 @@ pub(crate) fn routes(ws_port: u16) -> Router<Arc<Node>> {
             }))
         }),
     );
+    // Browsers ask for it; a 404 would be the page's only error.
+    router = router.route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
     for (path, content_type, body) in FILES {
         router =
             router.route(

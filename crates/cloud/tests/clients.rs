@@ -157,6 +157,13 @@ async fn heartbeat_replies_with_the_cluster_count_else_the_local_one() {
         .expect("auth");
     let mut roomless = connect(&node, Transport::Tcp).await;
     roomless.auth(token(3, "c", "", &[])).await.expect("auth");
+    // Before any report names its room, a client still counts itself.
+    let mut newcomer = connect(&node, Transport::Ws).await;
+    newcomer
+        .auth(token(4, "d", "live://new", &[]))
+        .await
+        .expect("auth");
+    assert_eq!(newcomer.heartbeat().await.expect("heartbeat"), 1);
 
     // Logic knows no totals: the node's own count (2) is used once reported.
     // Reports are sequential, so after the second report naming 2 members,

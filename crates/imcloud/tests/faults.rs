@@ -178,9 +178,9 @@ async fn killing_logic_keeps_clients_connected_and_pushable_until_it_returns() {
         }
     }
     let mut back = back.expect("auth works again once logic is back");
-    assert_eq!(back.heartbeat().await.expect("heartbeat"), 0);
+    assert!(back.heartbeat().await.expect("heartbeat") >= 1);
     // And the clients from before never noticed.
-    assert_eq!(clients[999].heartbeat().await.expect("still connected"), 0);
+    assert!(clients[999].heartbeat().await.expect("still connected") >= 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,64 @@
+// The demo page in a real browser: Debian's chromium, headless, driven by
+// playwright-core. Loads the page from a running imcloud (IMCLOUD_PAGE),
+// waits for it to connect, clicks Send for a push by mid, to the room and to
+// everyone, and sees each message appear. Saves a screenshot
+// (IMCLOUD_SCREENSHOT). crates/imcloud/tests/javascript.rs runs it; by hand:
+//   IMCLOUD_PAGE=http://127.0.0.1:3104/ node e2e/demo.e2e.mjs
+import assert from 'node:assert/strict';
+
+import { chromium } from 'playwright-core';
+
+const pageUrl = process.env.IMCLOUD_PAGE ?? 'http://127.0.0.1:3104/';
+const screenshot = process.env.IMCLOUD_SCREENSHOT ?? 'demo.png';
+const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  // Root in CI needs --no-sandbox; the rest keeps chromium off the
+  // network this machine does not have.
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+const errors = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1000, height: 720 } });
+  page.setDefaultTimeout(15_000);
+  page.on('pageerror', (error) => errors.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') errors.push(`console: ${message.text()}`);
+  });
+
+  await page.goto(`${pageUrl}?mid=4242&room=${encodeURIComponent('live://e2e')}`);
+  await page.locator('#state[data-state="open"]').waitFor();
+  assert.match(await page.locator('#who').textContent(), /mid 4242 · live:\/\/e2e/);
+
+  for (const [target, message] of [
+    ['mid', 'pushed to mid 4242'],
+    ['room', 'pushed to live://e2e'],
+    ['all', 'pushed to everyone'],
+  ]) {
+    await page.selectOption('#target', target);
+    await page.fill('#message', message);
+    await page.click('#send');
+    await page.locator('#messages li .body', { hasText: message }).waitFor();
+    await page.locator('#result', { hasText: 'sent:' }).waitFor();
+    console.log(`ok: ${target} push shown`);
+  }
+  assert.equal(await page.locator('#messages li').count(), 3);
+  const online = Number(await page.locator('#online').textContent());
+  assert.ok(online >= 1, `room online count ${online}`);
+
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`ok: screenshot ${screenshot}`);
+  assert.deepEqual(errors, [], 'the page logged errors');
+} finally {
+  await browser.close();
+}

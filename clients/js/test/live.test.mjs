@@ -1,0 +1,101 @@
+// The SDK against a real imcloud: crates/imcloud/tests/javascript.rs starts
+// a standalone node and runs these with IMCLOUD_WS and IMCLOUD_API set.
+// Run by hand against `imcloud standalone`:
+//   IMCLOUD_WS=ws://127.0.0.1:3102/sub IMCLOUD_API=http://127.0.0.1:3111 npm test
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { Client, Op, text } from '../src/index.js';
+
+const ws = process.env.IMCLOUD_WS;
+const api = process.env.IMCLOUD_API;
+const skip = !ws || !api ? 'set IMCLOUD_WS and IMCLOUD_API to run against a live node' : false;
+
+async function call(path, body) {
+  const response = await fetch(`${api}${path}`, {
+    method: body ? 'POST' : 'GET',
+    headers: { 'content-type': 'application/json' },
+    body: body && JSON.stringify(body),
+  });
+  const reply = await response.json();
+  assert.equal(response.status, 200, JSON.stringify(reply));
+  return reply.data;
+}
+
+async function token(mid, room = 'live://sdk') {
+  return (await call(`/im/dev/token?mid=${mid}&room=${encodeURIComponent(room)}&accepts=1000`)).token;
+}
+
+/** Resolves with the next `count` packets of `op`. */
+function next(client, op, count = 1) {
+  return new Promise((resolve) => {
+    const got = [];
+    const off = client.on(op, (_body, packet) => {
+      got.push(packet);
+      if (got.length === count) {
+        off();
+        resolve(got);
+      }
+    });
+  });
+}
+
+test('auth, a push by mid, then a burst that arrives whole and in order', { skip }, async () => {
+  const client = new Client({ url: ws, token: () => token(9001) });
+  const me = await client.connect();
+  assert.equal(me.mid, 9001);
+  assert.equal(me.room_id, 'live://sdk');
+
+  const one = next(client, 1000);
+  await call('/im/push/mids', { mids: [9001], operation: 1000, msg: 'hello' });
+  assert.equal(text((await one)[0]), 'hello');
+
+  const burst = next(client, 1001, 50);
+  await Promise.all(
+    Array.from({ length: 50 }, (_, i) => call('/im/push/mids', { mids: [9001], operation: 1001, msg: `m${i}` })),
+  );
+  const texts = (await burst).map(text);
+  assert.equal(texts.length, 50);
+  assert.deepEqual([...texts].sort(), Array.from({ length: 50 }, (_, i) => `m${i}`).sort());
+  client.close();
+});
+
+test('change room, watch, and an acked message to the backend', { skip }, async () => {
+  const client = new Client({ url: ws, token: () => token(9002) });
+  await client.connect();
+  await client.changeRoom('live://elsewhere');
+  const inRoom = next(client, 1000);
+  await call('/im/push/room', { type: 'live', room: 'elsewhere', operation: 1000, msg: 'room news' });
+  assert.equal(text((await inRoom)[0]), 'room news');
+
+  await client.watch([1002]);
+  const broadcast = next(client, 1002);
+  await call('/im/push/all', { operation: 1002, msg: 'to everyone watching 1002' });
+  assert.equal(text((await broadcast)[0]), 'to everyone watching 1002');
+
+  await client.send('hello backend');
+  client.close();
+});
+
+test('a token the server refuses closes for good', { skip }, async () => {
+  const states = [];
+  const client = new Client({ url: ws, token: 'not-a-token' });
+  client.on('state', (state) => states.push(state));
+  const closes = [];
+  client.on('close', (info) => closes.push(info));
+  await assert.rejects(client.connect(), /auth/);
+  assert.equal(closes.length, 1);
+  assert.equal(closes[0].code, 3500);
+  assert.equal(closes[0].reconnect, false);
+  assert.deepEqual(states, ['connecting', 'closed'], 'no reconnect attempt');
+});
+
+test('the heartbeat reply carries the room count', { skip }, async () => {
+  const client = new Client({ url: ws, token: () => token(9003, 'live://counted') });
+  const online = new Promise((resolve) => client.on('online', resolve));
+  await client.connect();
+  const count = await online;
+  assert.ok(count >= 1, `online ${count}`);
+  assert.equal(Op.HEARTBEAT_REPLY, 3);
+  client.close();
+});

@@ -32,6 +32,15 @@ struct KindLabel {
     kind: &'static str,
 }
 
+/// The limits `limits_hit` counts.
+const LIMITS: [&str; 5] = [
+    "connections",
+    "connections_per_ip",
+    "handshake_timeout",
+    "max_body",
+    "send_queue",
+];
+
 /// What a push was addressed to.
 #[derive(Clone, Copy, Debug)]
 pub enum Delivery {
@@ -89,7 +98,7 @@ impl Default for Metrics {
         let grpc = GrpcMetrics::register(&mut registry);
         registry.register(
             "limits_hit",
-            "Times a limit refused or closed a client (connections, connections_per_ip, handshake_timeout, max_body, send_queue)",
+            "Times a limit refused or closed a client, by limit",
             limits.clone(),
         );
         registry.register(
@@ -138,6 +147,28 @@ impl Default for Metrics {
             "Rooms with at least one connection on this node (as last reported to logic)",
             rooms.clone(),
         );
+        // Every known label set starts at zero, so dashboards show 0 (and
+        // rate() works) before the first event instead of "no data".
+        for transport in ["tcp", "ws"] {
+            let _ = connections.get_or_create(&TransportLabel { transport });
+        }
+        for reason in CloseReason::ALL {
+            let _ = closes.get_or_create(&ReasonLabel {
+                reason: reason.text(),
+            });
+        }
+        for reason in [CloseReason::AuthFailed, CloseReason::LogicUnavailable] {
+            let _ = auth_failures.get_or_create(&ReasonLabel {
+                reason: reason.text(),
+            });
+        }
+        for kind in [Delivery::Key, Delivery::Room, Delivery::Broadcast] {
+            let _ = pushed.get_or_create(&KindLabel { kind: kind.name() });
+            let _ = delivered.get_or_create(&KindLabel { kind: kind.name() });
+        }
+        for limit in LIMITS {
+            let _ = limits.get_or_create(&LimitLabel { limit });
+        }
         Metrics {
             registry,
             connections,

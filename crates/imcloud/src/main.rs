@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use imcloud_auth::Secret;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,25 @@ struct Cli {
         default_value = "plain"
     )]
     log_format: LogFormat,
+    /// Overrides the node's `server_id` (e.g. the pod name: replicas of one
+    /// Deployment share a config file but need their own ids).
+    #[arg(long, global = true, env = "IMCLOUD_SERVER_ID")]
+    server_id: Option<String>,
+    /// Overrides `[discovery] advertise_host` (e.g. the pod IP).
+    #[arg(long, global = true, env = "IMCLOUD_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Overrides the cluster's `api_key`, so it can come from a secret store
+    /// rather than the config file.
+    #[arg(long, global = true, env = "IMCLOUD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Overrides logic's `[logic.jwt] secret` (HS256), likewise.
+    #[arg(
+        long,
+        global = true,
+        env = "IMCLOUD_JWT_SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -85,8 +105,35 @@ async fn main() -> anyhow::Result<()> {
     on_signal(shutdown.clone())?;
     let config = cli.config.as_deref();
     match cli.mode {
-        Mode::Cloud => imcloud::run_cloud(imcloud::load(config)?, shutdown).await,
-        Mode::Logic => imcloud::run_logic(imcloud::load(config)?, shutdown).await,
+        Mode::Cloud => {
+            let mut file: imcloud::CloudFile = imcloud::load(config)?;
+            if let Some(id) = cli.server_id {
+                file.cloud.server_id = id;
+            }
+            if let Some(host) = cli.advertise_host {
+                file.discovery.advertise_host = host;
+            }
+            if let Some(key) = cli.api_key {
+                file.cloud.api_key = Secret::new(key);
+            }
+            imcloud::run_cloud(file, shutdown).await
+        }
+        Mode::Logic => {
+            let mut file: imcloud::LogicFile = imcloud::load(config)?;
+            if let Some(id) = cli.server_id {
+                file.logic.server_id = id;
+            }
+            if let Some(host) = cli.advertise_host {
+                file.discovery.advertise_host = host;
+            }
+            if let Some(key) = cli.api_key {
+                file.logic.api_key = Secret::new(key);
+            }
+            if let Some(secret) = cli.jwt_secret {
+                file.logic.jwt.secret = Secret::new(secret);
+            }
+            imcloud::run_logic(file, shutdown).await
+        }
         Mode::Standalone => imcloud::run_standalone(imcloud::load(config)?, shutdown).await,
         Mode::Token(_) => Ok(()),
     }

@@ -51,26 +51,3 @@ fn a_typo_in_a_config_file_is_an_error_naming_it() {
     let err = load::<CloudFile>(Some(&file)).expect_err("typo");
     assert!(format!("{err:#}").contains("send_queu"), "{err:#}");
 }
-
-#[test]
-fn the_compose_cluster_configs_parse_and_use_consul() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose");
-    let logic: LogicFile = load(Some(&dir.join("logic.toml"))).expect("logic.toml");
-    logic.logic.validate().expect("valid");
-    assert_eq!(
-        logic.discovery.kind,
-        imcloud_discovery::DiscoveryKind::Consul
-    );
-    for name in ["cloud-1.toml", "cloud-2.toml"] {
-        let cloud: CloudFile = load(Some(&dir.join(name))).expect(name);
-        cloud.cloud.validate().expect("valid");
-        assert_eq!(
-            cloud.discovery.kind,
-            imcloud_discovery::DiscoveryKind::Consul
-        );
-        assert!(
-            !cloud.discovery.advertise_host.is_empty(),
-            "{name} listens on 0.0.0.0"
-        );
-    }
-}

@@ -36,6 +36,17 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// The session store operations timed (see `TimedStore`).
+const STORE_OPS: [&str; 7] = [
+    "connect",
+    "disconnect",
+    "renew",
+    "servers_of_keys",
+    "keys_of_mids",
+    "report_online",
+    "online",
+];
+
 type StoreHistograms = Family<OpLabel, Histogram, fn() -> Histogram>;
 
 impl Default for Metrics {
@@ -78,6 +89,19 @@ impl Default for Metrics {
             "Client messages (op 4) received",
             received.clone(),
         );
+        // Known label sets start at zero (see the cloud node's metrics).
+        for kind in ["keys", "room", "all"] {
+            let _ = pushed.get_or_create(&KindLabel { kind });
+        }
+        for result in ["ok", "refused"] {
+            let _ = connects.get_or_create(&ResultLabel { result });
+        }
+        for limit in ["push_body", "push_targets"] {
+            let _ = limits.get_or_create(&KindLabel { kind: limit });
+        }
+        for op in STORE_OPS {
+            let _ = store_errors.get_or_create(&OpLabel { op });
+        }
         Metrics {
             registry,
             pushed,

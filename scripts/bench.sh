@@ -19,6 +19,9 @@ raw=$!
 trap 'kill $imcloud $raw 2>/dev/null || true' EXIT
 sleep 1
 
+# Push requests first, on a server with nothing else to do.
+"$bin/imbench" push --requests 50000 --concurrency 64 | tee -a "$out"
+
 for n in "${counts[@]}"; do
   "$bin/imbench" conns --clients "$n" --concurrency 64 --pid "$imcloud" | tee -a "$out"
   for rate in 10 50 0; do
@@ -29,4 +32,3 @@ for n in "${counts[@]}"; do
       --ws ws://127.0.0.1:3102/sub --publish grpc:127.0.0.1:3109 | tee -a "$out"
   done
 done
-"$bin/imbench" push --requests 50000 --concurrency 64 | tee -a "$out"

@@ -2,6 +2,7 @@
 //! bottom: authenticate, serve (one `select!` over the outbox, the client's
 //! packets and the heartbeat deadline), close with a reason.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -61,36 +62,54 @@ impl From<TransportError> for End {
 
 /// Serves one client from its first byte to its last. `permit` is `None`
 /// when the node is at its connection limit: the client is told so and closed.
-pub(crate) async fn serve<T: Transport>(
+///
+/// A plain function returning an `async move` block, not an `async fn`: an
+/// async fn keeps a second copy of its arguments (the transport alone is
+/// over 300 bytes) in every idle connection's state. Everything that only
+/// lives through the handshake or the close is boxed for the same reason.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<T: Transport>(
     mut transport: T,
     node: Arc<Node>,
     cookie: String,
     permit: Option<(OwnedSemaphorePermit, Option<IpSlot>)>,
-) {
-    node.metrics.connection_opened(T::NAME);
-    let mut session = None;
-    let end = if permit.is_none() {
-        End::close(
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _open = node.metrics.connection_open(T::NAME);
+        let admitted = permit.is_some();
+        let Some(mut session) = Box::pin(open(&mut transport, &node, cookie, admitted)).await
+        else {
+            return;
+        };
+        let end = session.run(&mut transport).await;
+        Box::pin(finish(&mut transport, &node, Some(session), end)).await;
+        drop(permit);
+    }
+}
+
+/// Authenticates the client, or closes the connection with the reason
+/// (connection limit, no auth in time, refused token...).
+async fn open<T: Transport>(
+    transport: &mut T,
+    node: &Arc<Node>,
+    cookie: String,
+    admitted: bool,
+) -> Option<Session> {
+    let authenticated = if admitted {
+        authenticate(transport, node, cookie).await
+    } else {
+        Err(End::close(
             CloseReason::ConnectionLimit,
             "this node is full, or your address has too many connections",
-        )
-    } else {
-        // Boxed: the auth future (a gRPC call) is large and only lives
-        // through the handshake, so it must not size the connection's
-        // long-lived future.
-        match Box::pin(authenticate(&mut transport, &node, cookie)).await {
-            Ok(mut authenticated) => {
-                let end = authenticated.run(&mut transport).await;
-                session = Some(authenticated);
-                end
-            }
-            Err(end) => end,
-        }
+        ))
     };
-    // Boxed for the same reason as `authenticate`: it runs once, at the end.
-    Box::pin(finish(&mut transport, &node, session, end)).await;
-    node.metrics.connection_closed(T::NAME);
-    drop(permit);
+    match authenticated {
+        Ok(session) => Some(session),
+        Err(end) => {
+            finish(transport, node, None, end).await;
+            None
+        }
+    }
 }
 
 /// The first packet must be auth (op 7) within the handshake timeout; logic

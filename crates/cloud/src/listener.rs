@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::conn;
 use crate::node::Node;
 use crate::transport::TcpTransport;
-use crate::ws;
+use crate::ws::{self, Upgrade};
 
 /// Which protocol a listener speaks.
 #[derive(Clone, Copy, Debug)]
@@ -139,13 +139,15 @@ async fn handle(stream: TcpStream, kind: Kind, node: Arc<Node>) {
                 node.config.handshake_timeout,
                 ws::accept(stream, &node.config),
             );
-            match upgrade.await {
-                Ok(Ok(upgrade)) => {
-                    conn::serve(upgrade.transport, node, upgrade.cookie, permit).await
-                }
-                Ok(Err(err)) => debug!(error = %err, "websocket upgrade refused"),
-                Err(_) => debug!("websocket upgrade timed out"),
-            }
+            // Taken apart in its own statement: a match around the `serve`
+            // call, or a half-moved `Upgrade`, would stay in the
+            // connection's state for its whole life.
+            let (transport, cookie) = match Box::pin(upgrade).await {
+                Ok(Ok(Upgrade { transport, cookie })) => (transport, cookie),
+                Ok(Err(err)) => return debug!(error = %err, "websocket upgrade refused"),
+                Err(_) => return debug!("websocket upgrade timed out"),
+            };
+            conn::serve(transport, node, cookie, permit).await;
         }
     }
 }

@@ -129,7 +129,7 @@ impl Default for Metrics {
         );
         registry.register(
             "written_packets",
-            "Packets written to client sockets (pushes, replies and op 6)",
+            "Packets written to client sockets (pushes and replies)",
             written.clone(),
         );
         registry.register(
@@ -221,16 +221,15 @@ impl Metrics {
         self.limits.get_or_create(&LimitLabel { limit }).inc();
     }
 
-    pub(crate) fn connection_opened(&self, transport: &'static str) {
-        self.connections
+    /// Counts an open connection until the guard is dropped, however the
+    /// connection's task ends.
+    pub(crate) fn connection_open(&self, transport: &'static str) -> OpenConnection {
+        let gauge = self
+            .connections
             .get_or_create(&TransportLabel { transport })
-            .inc();
-    }
-
-    pub(crate) fn connection_closed(&self, transport: &'static str) {
-        self.connections
-            .get_or_create(&TransportLabel { transport })
-            .dec();
+            .clone();
+        gauge.inc();
+        OpenConnection(gauge)
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) {
@@ -289,5 +288,15 @@ impl Metrics {
 
     pub(crate) fn set_rooms(&self, rooms: usize) {
         self.rooms.set(i64::try_from(rooms).unwrap_or(i64::MAX));
+    }
+}
+
+/// One open connection in the `connections` gauge; see [`Metrics::connection_open`].
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

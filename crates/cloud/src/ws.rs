@@ -199,9 +199,11 @@ mod tests {
     use super::*;
     use imcloud_protocol::{BatchIter, Op};
     use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
 
-    #[tokio::test]
-    async fn queued_packets_leave_as_one_batch_frame() {
+    /// A server-side upgraded connection, and its client collecting every
+    /// binary frame until the connection closes.
+    async fn upgraded(config: &CloudConfig) -> (Upgrade, JoinHandle<Vec<bytes::Bytes>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("ws://{}/sub", listener.local_addr().expect("addr"));
         let client = tokio::spawn(async move {
@@ -215,11 +217,17 @@ mod tests {
             frames
         });
         let (stream, _) = listener.accept().await.expect("accept");
+        let upgrade = accept(stream, config).await.expect("upgrade");
+        (upgrade, client)
+    }
+
+    #[tokio::test]
+    async fn queued_packets_leave_as_one_batch_frame() {
         let config = CloudConfig {
             max_batch_bytes: 100,
             ..CloudConfig::default()
         };
-        let mut upgrade = accept(stream, &config).await.expect("upgrade");
+        let (mut upgrade, client) = upgraded(&config).await;
         let packets: Vec<EncodedPacket> = (0..4)
             .map(|seq| {
                 Packet::new(Op(1000), seq, vec![0u8; 20])
@@ -256,22 +264,7 @@ mod tests {
     /// written by hand, read back by tungstenite.
     #[tokio::test]
     async fn hand_written_frames_of_every_length_encoding_parse() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("ws://{}/sub", listener.local_addr().expect("addr"));
-        let client = tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url)
-                .await
-                .expect("connect");
-            let mut frames = Vec::new();
-            while let Some(Ok(Message::Binary(frame))) = ws.next().await {
-                frames.push(frame);
-            }
-            frames
-        });
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut upgrade = accept(stream, &CloudConfig::default())
-            .await
-            .expect("upgrade");
+        let (mut upgrade, client) = upgraded(&CloudConfig::default()).await;
         let sizes = [0, 109, 110, 65_519, 65_520, 200_000];
         let packets: Vec<EncodedPacket> = sizes
             .iter()

@@ -63,7 +63,8 @@ impl Standalone {
         let logic = Logic::start(logic_listeners, file.logic, logic_stop.clone())?;
         let cloud = Cloud::start(cloud_listeners, file.cloud, shutdown)?;
         let api_url = format!("http://{logic_http}");
-        info!(ws = %ws_url, tcp = %tcp, api = %api_url, "imcloud standalone ready");
+        let cloud_http_url = format!("http://{cloud_http}");
+        info!(ws = %ws_url, tcp = %tcp, api = %api_url, page = %format!("{cloud_http_url}/"), "imcloud standalone ready");
         Ok(Standalone {
             cloud,
             logic,
@@ -71,7 +72,7 @@ impl Standalone {
             ws_url,
             tcp,
             api_url,
-            cloud_http_url: format!("http://{cloud_http}"),
+            cloud_http_url,
         })
     }
 

@@ -2,29 +2,17 @@
 //! connect a WebSocket client, authenticate, push over HTTP, see it arrive. Once in-process, once with
 //! the real binary (which must also drain on SIGTERM).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use imcloud::{Standalone, StandaloneFile, TokenArgs};
+use common::any_ports;
+use imcloud::{Standalone, TokenArgs};
 use imcloud_client::Client;
 use imcloud_protocol::{CloseReason, Op};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-const ANY_PORT: &str = "127.0.0.1:0";
-
-/// The standalone defaults, on ports the OS picks.
-fn any_ports() -> StandaloneFile {
-    let mut file = StandaloneFile::default();
-    let any = ANY_PORT.parse().expect("addr");
-    file.cloud_listen.tcp = any;
-    file.cloud_listen.ws = any;
-    file.cloud_listen.grpc = any;
-    file.cloud_listen.http = any;
-    file.logic_listen.grpc = any;
-    file.logic_listen.http = any;
-    file
-}
 
 /// Connects, authenticates with `token` (user 123), and has the push API
 /// deliver one message to the user.
@@ -87,7 +75,7 @@ async fn the_walk_with_the_binary_and_a_sigterm() {
             };
             let lines: String = keys
                 .iter()
-                .map(|k| format!("{k} = \"{ANY_PORT}\"\n"))
+                .map(|k| format!("{k} = \"127.0.0.1:0\"\n"))
                 .collect();
             format!("[{table}]\n{lines}")
         })

@@ -190,10 +190,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        imcloud_telemetry::render(&self.registry)
     }
 
     /// How many connections were closed with `reason`.

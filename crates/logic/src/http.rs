@@ -430,10 +430,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, imcloud_telemetry::CONTENT_TYPE)],
         node.metrics.render(),
     )
 }

@@ -6,6 +6,18 @@ mod grpc;
 
 pub use grpc::{GrpcMetrics, GrpcMetricsLayer};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The Prometheus text exposition of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
 
 /// Latency buckets from 100 µs to about 3.3 s, doubling: fine enough to
 /// see a sub-millisecond push path, wide enough for a stuck dependency.

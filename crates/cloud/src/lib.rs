@@ -23,5 +23,5 @@ mod ws;
 
 pub use config::{CloudConfig, ConfigError};
 pub use logic::BadLogicAddr;
-pub use metrics::{Delivery, Metrics};
+pub use metrics::Metrics;
 pub use node::{Cloud, CloudError, Listeners, run};

@@ -139,9 +139,10 @@ async fn handle(stream: TcpStream, kind: Kind, node: Arc<Node>) {
                 node.config.handshake_timeout,
                 ws::accept(stream, &node.config),
             );
-            // Taken apart in its own statement: a match around the `serve`
-            // call, or a half-moved `Upgrade`, would stay in the
-            // connection's state for its whole life.
+            // Boxed, and taken apart in its own statement: the handshake
+            // future, a match around the `serve` call, or a half-moved
+            // `Upgrade` would otherwise stay in the connection's state for
+            // its whole life.
             let (transport, cookie) = match Box::pin(upgrade).await {
                 Ok(Ok(Upgrade { transport, cookie })) => (transport, cookie),
                 Ok(Err(err)) => return debug!(error = %err, "websocket upgrade refused"),

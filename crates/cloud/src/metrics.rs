@@ -43,7 +43,7 @@ const LIMITS: [&str; 5] = [
 
 /// What a push was addressed to.
 #[derive(Clone, Copy, Debug)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Connection keys (`PushMsg`).
     Key,
     /// A room (`BroadcastRoom`).
@@ -247,18 +247,6 @@ impl Metrics {
                 reason: reason.text(),
             })
             .inc();
-    }
-
-    /// How many packets were queued to clients by pushes of `kind`.
-    pub fn delivered_count(&self, kind: Delivery) -> u64 {
-        self.delivered
-            .get_or_create(&KindLabel { kind: kind.name() })
-            .get()
-    }
-
-    /// gRPC calls of `method` that ended with `code` (`"OK"`, ...).
-    pub fn grpc_calls(&self, method: &str, code: &'static str) -> u64 {
-        self.grpc.calls(method, code)
     }
 
     pub(crate) fn delivered(&self, kind: Delivery, count: u64) {

@@ -177,10 +177,11 @@ impl Transport for WsTransport {
         // into an output buffer that it then keeps, sized to the largest
         // burst, for the rest of the connection.
         self.ws.flush().await.map_err(map_ws_error)?;
-        let runs: Vec<&[EncodedPacket]> = batch_runs(packets, self.max_batch).collect();
-        let heads: Vec<FrameHead> = runs.iter().map(|run| FrameHead::new(run)).collect();
-        let mut slices = Vec::with_capacity(heads.len() + packets.len());
-        for (head, run) in heads.iter().zip(&runs) {
+        let frames: Vec<(FrameHead, &[EncodedPacket])> = batch_runs(packets, self.max_batch)
+            .map(|run| (FrameHead::new(run), run))
+            .collect();
+        let mut slices = Vec::with_capacity(frames.len() + packets.len());
+        for (head, run) in &frames {
             slices.push(IoSlice::new(head.as_bytes()));
             slices.extend(run.iter().map(|packet| IoSlice::new(packet.as_bytes())));
         }

@@ -147,16 +147,6 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// How many pushes of `kind` were handed to cloud nodes.
-    pub fn pushed_count(&self, kind: &'static str) -> u64 {
-        self.pushed.get_or_create(&KindLabel { kind }).get()
-    }
-
-    /// gRPC calls of `method` that ended with `code` (`"OK"`, ...).
-    pub fn grpc_calls(&self, method: &str, code: &'static str) -> u64 {
-        self.grpc.calls(method, code)
-    }
-
     pub(crate) fn store_call(&self, op: &'static str, seconds: f64, ok: bool) {
         self.store_seconds
             .get_or_create(&OpLabel { op })

@@ -59,16 +59,6 @@ impl GrpcMetrics {
         metrics
     }
 
-    /// Calls of `method` that ended with `code` (`"OK"`, `"InvalidArgument"`...).
-    pub fn calls(&self, method: &str, code: &'static str) -> u64 {
-        self.calls
-            .get_or_create(&CallLabels {
-                method: method.to_owned(),
-                code,
-            })
-            .get()
-    }
-
     /// The layer to put on a tonic server.
     pub fn layer(&self) -> GrpcMetricsLayer {
         GrpcMetricsLayer {

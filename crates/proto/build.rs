@@ -12,8 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, [&proto_dir])?;
     // No generated `XxxClient::connect` constructors: logic's `Connect` RPC
     // would collide with one. Callers build a `Channel` and use `new`.
+    // Every `bytes` field is a `bytes::Bytes`: a push body travels from the
+    // HTTP request to the cloud node's socket without being copied.
     tonic_prost_build::configure()
         .build_transport(false)
+        .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

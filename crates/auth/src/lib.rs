@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -76,9 +77,18 @@ impl ApiKey {
             return true;
         }
         let presented = authorization.and_then(|value| value.strip_prefix("Bearer "));
+        // Constant time: how long the check takes says nothing about how
+        // much of a guessed key was right.
         presented.is_some_and(|presented| {
-            constant_time_eq(presented.as_bytes(), self.key.expose().as_bytes())
+            bool::from(presented.as_bytes().ct_eq(self.key.expose().as_bytes()))
         })
+    }
+
+    /// The client-side interceptor that adds the key to every call.
+    pub fn sender(&self) -> SendKey {
+        SendKey {
+            header: self.interceptor().header,
+        }
     }
 
     /// A gRPC interceptor: refuses calls without the key (`Unauthenticated`)
@@ -93,14 +103,26 @@ impl ApiKey {
     }
 }
 
-/// Compares without an early exit, so the time taken says nothing about
-/// how much of a guessed key was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The client side of the key, as a tonic interceptor: every call made
+/// through an `XxxClient::with_interceptor(channel, key.sender())` carries it.
+#[derive(Clone, Debug)]
+pub struct SendKey {
+    header: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
-/// See [`ApiKey::interceptor`]. As a server interceptor it checks incoming
-/// calls; [`KeyInterceptor::attach`] is the client side.
+impl Interceptor for SendKey {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// See [`ApiKey::interceptor`]: the server side, checking incoming calls;
+/// [`SendKey`] is the client side.
 #[derive(Clone, Debug)]
 pub struct KeyInterceptor {
     key: ApiKey,
@@ -120,18 +142,6 @@ impl Interceptor for KeyInterceptor {
                 "missing or wrong API key (authorization: Bearer <api_key>)",
             ))
         }
-    }
-}
-
-impl KeyInterceptor {
-    /// The client side: adds the key to a call.
-    pub fn attach<T>(&self, mut request: Request<T>) -> Request<T> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
-        }
-        request
     }
 }
 
@@ -176,7 +186,10 @@ mod tests {
         let mut interceptor = ApiKey::new(Secret::new("k3y")).interceptor();
         let status = interceptor.call(Request::new(())).expect_err("no key");
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        let with_key = interceptor.attach(Request::new(()));
+        let with_key = ApiKey::new(Secret::new("k3y"))
+            .sender()
+            .call(Request::new(()))
+            .expect("the sender adds the key");
         assert!(interceptor.call(with_key).is_ok());
     }
 }

@@ -225,7 +225,7 @@ async fn publish(plan: &Plan, base: Instant) -> anyhow::Result<()> {
                             ver: 1,
                             op: 1000,
                             seq: 0,
-                            body,
+                            body: body.into(),
                         }),
                     });
                     if !key.is_empty() {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
-use imcloud_protocol::{CloseBody, CloseReason};
+use imcloud_protocol::{CloseBody, CloseReason, RoomId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{Delivery, Metrics};
@@ -15,8 +15,6 @@ use crate::outbox::{Outbox, Push, Rejected};
 
 /// A connection key, as logic gave it.
 pub(crate) type Key = Arc<str>;
-/// A room id, `type://id`.
-pub(crate) type RoomId = Arc<str>;
 
 /// Commands a bucket can queue before senders wait.
 const MAILBOX: usize = 1024;
@@ -27,6 +25,8 @@ pub(crate) struct Member {
     /// Unique per connection, so a stale unregister (after a same-key kick)
     /// never removes the newer connection.
     pub(crate) id: u64,
+    /// The user, for re-registering the session with logic.
+    pub(crate) mid: i64,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) room: Option<RoomId>,
     /// Business ops this connection wants from `Broadcast` (and from key
@@ -85,6 +85,9 @@ enum Command {
     },
     RoomCounts {
         reply: oneshot::Sender<HashMap<RoomId, usize>>,
+    },
+    Sessions {
+        reply: oneshot::Sender<Vec<(i64, String)>>,
     },
 }
 
@@ -183,6 +186,14 @@ impl Bucket {
                     .map(|(room, members)| (room.clone(), members.len()))
                     .collect();
                 let _ = reply.send(counts);
+            }
+            Command::Sessions { reply } => {
+                let sessions = self
+                    .members
+                    .iter()
+                    .map(|(key, member)| (member.mid, key.to_string()))
+                    .collect();
+                let _ = reply.send(sessions);
             }
         }
     }
@@ -288,10 +299,11 @@ impl BucketHandle {
     }
 }
 
-/// All bucket actors of a node, and which key lives in which.
-#[derive(Debug)]
+/// All bucket actors of a node, and which key lives in which. Cloning
+/// shares the same actors.
+#[derive(Clone, Debug)]
 pub(crate) struct Buckets {
-    handles: Vec<BucketHandle>,
+    handles: Arc<[BucketHandle]>,
     hasher: BuildHasherDefault<DefaultHasher>,
 }
 
@@ -352,7 +364,7 @@ impl Buckets {
 
     /// Pushes `push` to every member of `room`.
     pub(crate) async fn push_room(&self, room: RoomId, push: &Push) -> Result<(), BucketGone> {
-        for handle in &self.handles {
+        for handle in self.handles.iter() {
             handle
                 .send(Command::PushRoom {
                     room: room.clone(),
@@ -369,7 +381,7 @@ impl Buckets {
         push: &Push,
         filter: Option<u32>,
     ) -> Result<(), BucketGone> {
-        for handle in &self.handles {
+        for handle in self.handles.iter() {
             handle
                 .send(Command::Broadcast {
                     push: push.clone(),
@@ -384,7 +396,7 @@ impl Buckets {
     /// broadcast that must not hold the buckets while it runs.
     pub(crate) async fn select(&self, filter: Option<u32>) -> Result<Vec<Arc<Outbox>>, BucketGone> {
         let mut all = Vec::new();
-        for handle in &self.handles {
+        for handle in self.handles.iter() {
             all.extend(
                 handle
                     .ask(|reply| Command::Select { filter, reply })
@@ -394,10 +406,19 @@ impl Buckets {
         Ok(all)
     }
 
+    /// Every session on this node, as `(mid, key)`.
+    pub(crate) async fn sessions(&self) -> Result<Vec<(i64, String)>, BucketGone> {
+        let mut all = Vec::new();
+        for handle in self.handles.iter() {
+            all.extend(handle.ask(|reply| Command::Sessions { reply }).await?);
+        }
+        Ok(all)
+    }
+
     /// Members per room on this node.
     pub(crate) async fn room_counts(&self) -> Result<HashMap<RoomId, usize>, BucketGone> {
         let mut total: HashMap<RoomId, usize> = HashMap::new();
-        for handle in &self.handles {
+        for handle in self.handles.iter() {
             for (room, count) in handle.ask(|reply| Command::RoomCounts { reply }).await? {
                 *total.entry(room).or_default() += count;
             }

@@ -17,6 +17,8 @@ pub const DEFAULT_SEND_QUEUE: usize = 256;
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(60);
 /// Default period of the room count report to logic.
 pub const DEFAULT_ONLINE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default period of the session store probe (logic's epoch).
+pub const DEFAULT_LOGIC_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default deadline of one call to logic.
 pub const DEFAULT_LOGIC_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default time one write to a client may take before it counts as slow.
@@ -65,6 +67,11 @@ pub struct CloudConfig {
     /// Period of the room count report to logic (`RenewOnline`).
     #[serde(with = "humantime_serde")]
     pub online_report_interval: Duration,
+    /// Period of the probe of logic's session store: when the store has
+    /// lost its sessions (logic restarted, Redis back empty), every session
+    /// here is registered again within about this long.
+    #[serde(with = "humantime_serde")]
+    pub logic_probe_interval: Duration,
     /// Deadline of one call to logic.
     #[serde(with = "humantime_serde")]
     pub logic_timeout: Duration,
@@ -112,6 +119,7 @@ impl Default for CloudConfig {
             send_queue: DEFAULT_SEND_QUEUE,
             renew_interval: DEFAULT_RENEW_INTERVAL,
             online_report_interval: DEFAULT_ONLINE_REPORT_INTERVAL,
+            logic_probe_interval: DEFAULT_LOGIC_PROBE_INTERVAL,
             logic_timeout: DEFAULT_LOGIC_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             drain_grace: DEFAULT_DRAIN_GRACE,
@@ -164,6 +172,7 @@ impl CloudConfig {
             ("handshake_timeout", self.handshake_timeout),
             ("heartbeat", self.heartbeat),
             ("online_report_interval", self.online_report_interval),
+            ("logic_probe_interval", self.logic_probe_interval),
             ("logic_timeout", self.logic_timeout),
             ("write_timeout", self.write_timeout),
         ] {

@@ -1,42 +1,120 @@
 //! A client connection's whole life, for TCP and WebSocket alike, top to
 //! bottom: authenticate, serve (one `select!` over the outbox, the client's
 //! packets and the heartbeat deadline), close with a reason.
+//!
+//! A connection is given a [`ConnContext`]: what it uses and nothing more,
+//! so a session runs against a fake logic and an in-memory transport in the
+//! unit tests below, without a node.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, Packet};
+use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, Packet, RoomId};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout};
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
 
-use crate::bucket::{BucketHandle, Key, Member, RoomId};
+use crate::bucket::{BucketHandle, Buckets, Key, Member};
+use crate::config::CloudConfig;
 use crate::listener::IpSlot;
-use crate::logic::AuthError;
-use crate::node::Node;
+use crate::logic::{AuthError, SessionLogic};
+use crate::metrics::Metrics;
+use crate::online::Online;
 use crate::outbox::Outbox;
 use crate::transport::{Transport, TransportError};
 
 /// Time the last words (queued packets and op 6) get before the socket is dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same for a client that stopped reading: its socket is full, so only
+/// a write it takes at once is worth making.
+const SLOW_CLOSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Client messages (op 4) of one connection in flight to logic at once.
 const MAX_RECEIVES_IN_FLIGHT: usize = 16;
-/// Longest room id a client may ask for.
-const MAX_ROOM_LEN: usize = 256;
+
+/// The limits a connection lives by (from the node's configuration).
+#[derive(Clone, Debug)]
+pub(crate) struct ConnLimits {
+    pub(crate) handshake_timeout: Duration,
+    /// Used when logic's Connect answer names no heartbeat.
+    pub(crate) heartbeat: Duration,
+    pub(crate) send_queue: usize,
+    pub(crate) renew_interval: Duration,
+    pub(crate) write_timeout: Duration,
+}
+
+impl From<&CloudConfig> for ConnLimits {
+    fn from(config: &CloudConfig) -> Self {
+        ConnLimits {
+            handshake_timeout: config.handshake_timeout,
+            heartbeat: config.heartbeat,
+            send_queue: config.send_queue,
+            renew_interval: config.renew_interval,
+            write_timeout: config.write_timeout,
+        }
+    }
+}
+
+/// The node's shutdown, as a connection sees it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Shutdown {
+    /// Cancelled when the node starts draining.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled when the drain grace runs out: remaining connections are cut.
+    pub(crate) cut: CancellationToken,
+    /// Calls to logic that outlive the request that made them (renewals,
+    /// disconnects, client messages): the node waits for them before it
+    /// exits, so a drain never drops a Disconnect.
+    pub(crate) background: TaskTracker,
+}
+
+/// What every connection shares.
+pub(crate) struct ConnContext {
+    pub(crate) limits: ConnLimits,
+    pub(crate) buckets: Buckets,
+    pub(crate) logic: Arc<dyn SessionLogic>,
+    pub(crate) online: Arc<Online>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: Shutdown,
+    next_id: AtomicU64,
+}
+
+impl ConnContext {
+    pub(crate) fn new(
+        limits: ConnLimits,
+        buckets: Buckets,
+        logic: Arc<dyn SessionLogic>,
+        online: Arc<Online>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Self {
+        ConnContext {
+            limits,
+            buckets,
+            logic,
+            online,
+            metrics,
+            shutdown,
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
 
 /// How a connection ended.
 #[derive(Debug)]
 enum End {
     /// The server closes it and tells the client why (op 6).
     Close(CloseBody),
-    /// The server closes it but the stream is unusable (a write was cut
-    /// midway), so the reason is only counted and logged.
-    Abort(CloseBody),
-    /// The client left or the socket failed; nothing more can be said.
+    /// The drain grace ran out: the connection is cut, nothing more said.
+    Cut,
+    /// The client said goodbye (a WebSocket Close, a TCP FIN): answered.
+    Left,
+    /// The socket failed; nothing more can be said.
     Gone(String),
 }
 
@@ -47,6 +125,10 @@ impl End {
 
     fn protocol(detail: impl AsRef<str>) -> End {
         End::close(CloseReason::ProtocolError, detail)
+    }
+
+    fn stopping() -> End {
+        End::close(CloseReason::Draining, "the node is shutting down")
     }
 }
 
@@ -70,19 +152,18 @@ impl From<TransportError> for End {
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn serve<T: Transport>(
     mut transport: T,
-    node: Arc<Node>,
+    ctx: Arc<ConnContext>,
     cookie: String,
     permit: Option<(OwnedSemaphorePermit, Option<IpSlot>)>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let _open = node.metrics.connection_open(T::NAME);
+        let _open = ctx.metrics.connection_open(T::NAME);
         let admitted = permit.is_some();
-        let Some(mut session) = Box::pin(open(&mut transport, &node, cookie, admitted)).await
-        else {
+        let Some(mut session) = Box::pin(open(&mut transport, &ctx, cookie, admitted)).await else {
             return;
         };
         let end = session.run(&mut transport).await;
-        Box::pin(finish(&mut transport, &node, Some(session), end)).await;
+        Box::pin(finish(&mut transport, &ctx, Some(session), end)).await;
         drop(permit);
     }
 }
@@ -91,12 +172,12 @@ pub(crate) fn serve<T: Transport>(
 /// (connection limit, no auth in time, refused token...).
 async fn open<T: Transport>(
     transport: &mut T,
-    node: &Arc<Node>,
+    ctx: &Arc<ConnContext>,
     cookie: String,
     admitted: bool,
 ) -> Option<Session> {
     let authenticated = if admitted {
-        authenticate(transport, node, cookie).await
+        authenticate(transport, ctx, cookie).await
     } else {
         Err(End::close(
             CloseReason::ConnectionLimit,
@@ -106,7 +187,7 @@ async fn open<T: Transport>(
     match authenticated {
         Ok(session) => Some(session),
         Err(end) => {
-            finish(transport, node, None, end).await;
+            finish(transport, ctx, None, end).await;
             None
         }
     }
@@ -116,14 +197,12 @@ async fn open<T: Transport>(
 /// verifies the token; the connection joins its bucket; op 8 answers.
 async fn authenticate<T: Transport>(
     transport: &mut T,
-    node: &Arc<Node>,
+    ctx: &Arc<ConnContext>,
     cookie: String,
 ) -> Result<Session, End> {
-    let handshake = node.config.handshake_timeout;
+    let handshake = ctx.limits.handshake_timeout;
     let first = tokio::select! {
-        () = node.stop.cancelled() => {
-            return Err(End::close(CloseReason::Draining, "the node is shutting down"));
-        }
+        () = ctx.shutdown.stop.cancelled() => return Err(End::stopping()),
         first = timeout(handshake, transport.recv()) => first,
     };
     let auth = match first {
@@ -134,7 +213,7 @@ async fn authenticate<T: Transport>(
             ));
         }
         Ok(None) => return Err(End::Gone("closed before auth".to_owned())),
-        Ok(Some(Err(err))) => return Err(transport_end(node, err)),
+        Ok(Some(Err(err))) => return Err(transport_end(&ctx.metrics, err)),
         Ok(Some(Ok(packet))) if packet.op != Op::AUTH => {
             return Err(End::protocol(format!(
                 "the first packet must be auth (op 7), got {}",
@@ -144,7 +223,7 @@ async fn authenticate<T: Transport>(
         Ok(Some(Ok(packet))) => packet,
     };
 
-    let reply = node
+    let reply = ctx
         .logic
         .connect(auth.body.clone(), cookie)
         .await
@@ -153,7 +232,7 @@ async fn authenticate<T: Transport>(
                 AuthError::Refused(_) => CloseReason::AuthFailed,
                 AuthError::Unavailable(_) => CloseReason::LogicUnavailable,
             };
-            node.metrics.auth_failed(reason);
+            ctx.metrics.auth_failed(reason);
             End::close(reason, err.to_string())
         })?;
     if reply.key.is_empty() {
@@ -162,28 +241,36 @@ async fn authenticate<T: Transport>(
             "logic returned no key",
         ));
     }
+    let room = match reply.room_id.as_str() {
+        "" => None,
+        room => Some(RoomId::parse(room).map_err(|err| {
+            ctx.metrics.auth_failed(CloseReason::AuthFailed);
+            End::close(CloseReason::AuthFailed, format!("the token's room: {err}"))
+        })?),
+    };
 
     let key: Key = reply.key.as_str().into();
-    let room: Option<RoomId> = (!reply.room_id.is_empty()).then(|| reply.room_id.as_str().into());
     let heartbeat = u64::try_from(reply.heartbeat)
         .ok()
         .filter(|secs| *secs > 0)
-        .map_or(node.config.heartbeat, Duration::from_secs);
+        .map_or(ctx.limits.heartbeat, Duration::from_secs);
     let session = Session {
-        id: node.next_conn_id.fetch_add(1, Ordering::Relaxed),
+        id: ctx.next_id.fetch_add(1, Ordering::Relaxed),
         mid: reply.mid,
         key: key.clone(),
         room: room.clone(),
         heartbeat,
-        outbox: Arc::new(Outbox::new(node.config.send_queue)),
-        bucket: node.buckets.for_key(&key).clone(),
-        node: node.clone(),
+        outbox: Arc::new(Outbox::new(ctx.limits.send_queue)),
+        bucket: ctx.buckets.for_key(&key).clone(),
+        ctx: ctx.clone(),
         last_renew: Instant::now(),
         receives: None,
         pending: Vec::new(),
+        written: 0,
     };
     let member = Member {
         id: session.id,
+        mid: session.mid,
         outbox: session.outbox.clone(),
         room,
         accepts: reply
@@ -193,13 +280,10 @@ async fn authenticate<T: Transport>(
             .collect(),
     };
     if session.bucket.register(key, member).await.is_err() {
-        return Err(End::close(
-            CloseReason::Draining,
-            "the node is shutting down",
-        ));
+        return Err(End::stopping());
     }
-    node.metrics.auth_ok();
-    if node.stop.is_cancelled() {
+    ctx.metrics.auth_ok();
+    if ctx.shutdown.stop.is_cancelled() {
         // Registered after the drain began: leave with the others.
         session
             .outbox
@@ -236,12 +320,15 @@ struct Session {
     heartbeat: Duration,
     outbox: Arc<Outbox>,
     bucket: BucketHandle,
-    node: Arc<Node>,
+    ctx: Arc<ConnContext>,
     last_renew: Instant,
     /// Limits client messages in flight to logic; made on the first op 4.
     receives: Option<Arc<Semaphore>>,
-    /// Packets drained from the outbox but not written yet.
+    /// Packets drained from the outbox but not fully written yet.
     pending: Vec<EncodedPacket>,
+    /// Bytes of `pending` already on the wire: a write abandoned midway
+    /// (its client stopped reading) is finished from here before op 6.
+    written: usize,
 }
 
 impl Session {
@@ -253,9 +340,7 @@ impl Session {
         loop {
             // Unbiased: a busy outbox must not starve the client's packets.
             tokio::select! {
-                () = self.node.cut.cancelled() => {
-                    return End::Abort(CloseBody::new(CloseReason::Draining, Some("drain grace ran out")));
-                }
+                () = self.ctx.shutdown.cut.cancelled() => return End::Cut,
                 () = self.outbox.ready() => {
                     let drained = self.outbox.drain(&mut self.pending);
                     if let Some(close) = drained.close {
@@ -269,8 +354,8 @@ impl Session {
                     }
                 }
                 received = transport.recv() => match received {
-                    None => return End::Gone("client closed".to_owned()),
-                    Some(Err(err)) => return transport_end(&self.node, err),
+                    None => return End::Left,
+                    Some(Err(err)) => return transport_end(&self.ctx.metrics, err),
                     Some(Ok(packet)) => {
                         deadline.as_mut().reset(Instant::now() + idle);
                         // Boxed: client packets are rare (heartbeats), and the
@@ -290,29 +375,31 @@ impl Session {
         }
     }
 
-    /// Writes what was drained. A write that takes longer than
-    /// `write_timeout` means a client that stopped reading: it is cut, as a
-    /// slow consumer, without waiting for its queue to overflow.
+    /// Writes what was drained. A client that stopped reading is closed as
+    /// a slow consumer as soon as its queue overflows, even while a write
+    /// to it is stuck, and at the latest when a write takes `write_timeout`.
     async fn write<T: Transport>(
         &mut self,
         transport: &mut T,
         oldest_push: Option<std::time::Instant>,
     ) -> Result<(), End> {
-        let write_timeout = self.node.config.write_timeout;
-        let result = timeout(write_timeout, transport.send(&self.pending)).await;
-        let written = self.pending.len();
-        self.pending.clear();
+        let write_timeout = self.ctx.limits.write_timeout;
+        let result = tokio::select! {
+            result = timeout(write_timeout, transport.send(&self.pending, &mut self.written)) => result,
+            close = self.outbox.overflowed() => return Err(End::Close(close)),
+        };
         match result {
             Ok(Ok(())) => {
-                self.node.metrics.written(written, oldest_push);
+                self.ctx.metrics.written(self.pending.len(), oldest_push);
+                self.pending.clear();
+                self.written = 0;
                 Ok(())
             }
             Ok(Err(err)) => Err(End::Gone(err.to_string())),
-            // The write was cut midway: the stream cannot carry op 6 any more.
-            Err(_) => Err(End::Abort(CloseBody::new(
+            Err(_) => Err(End::close(
                 CloseReason::SlowConsumer,
-                Some(&format!("a write took longer than {write_timeout:?}")),
-            ))),
+                format!("a write took longer than {write_timeout:?}"),
+            )),
         }
     }
 
@@ -325,17 +412,22 @@ impl Session {
                 let count = self
                     .room
                     .as_deref()
-                    .map_or(0, |room| self.node.online.count(room).max(1));
+                    .map_or(0, |room| self.ctx.online.count(room).max(1));
                 self.reply(&packet, Op::HEARTBEAT_REPLY, count.to_be_bytes().to_vec());
                 self.renew();
             }
             Op::SEND_MSG => self.receive(packet).await,
             Op::CHANGE_ROOM => {
-                let room = parse_room(&packet.body)?;
+                let room = match &packet.body[..] {
+                    b"" => None,
+                    body => Some(
+                        RoomId::from_bytes(body).map_err(|err| End::protocol(err.to_string()))?,
+                    ),
+                };
                 self.bucket
                     .change_room(self.key.clone(), self.id, room.clone())
                     .await
-                    .map_err(|_| stopping())?;
+                    .map_err(|_| End::stopping())?;
                 self.room = room;
                 self.reply(&packet, Op::CHANGE_ROOM_REPLY, packet.body.clone());
             }
@@ -344,7 +436,7 @@ impl Session {
                 self.bucket
                     .watch(self.key.clone(), self.id, ops, packet.op == Op::WATCH)
                     .await
-                    .map_err(|_| stopping())?;
+                    .map_err(|_| End::stopping())?;
                 let reply_op = packet.op.reply().unwrap_or(Op::WATCH_REPLY);
                 self.reply(&packet, reply_op, packet.body.clone());
             }
@@ -364,16 +456,15 @@ impl Session {
     }
 
     /// Renews the session with logic, at most once per `renew_interval`.
+    /// Failures are logged by the logic client, once per outage.
     fn renew(&mut self) {
-        if self.last_renew.elapsed() < self.node.config.renew_interval {
+        if self.last_renew.elapsed() < self.ctx.limits.renew_interval {
             return;
         }
         self.last_renew = Instant::now();
-        let (logic, mid, key) = (self.node.logic.clone(), self.mid, self.key.clone());
-        tokio::spawn(async move {
-            if let Err(status) = logic.heartbeat(mid, &key).await {
-                warn!(mid, %key, error = %status.message(), "session renewal failed");
-            }
+        let (logic, mid, key) = (self.ctx.logic.clone(), self.mid, self.key.clone());
+        self.ctx.shutdown.background.spawn(async move {
+            let _ = logic.heartbeat(mid, &key).await;
         });
     }
 
@@ -388,8 +479,8 @@ impl Session {
         let Ok(permit) = limit.acquire_owned().await else {
             return;
         };
-        let (logic, mid, outbox) = (self.node.logic.clone(), self.mid, self.outbox.clone());
-        tokio::spawn(async move {
+        let (logic, mid, outbox) = (self.ctx.logic.clone(), self.mid, self.outbox.clone());
+        self.ctx.shutdown.background.spawn(async move {
             let body = match logic.receive(mid, &packet).await {
                 Ok(()) => Bytes::new(),
                 Err(status) => {
@@ -409,29 +500,11 @@ impl Session {
 }
 
 /// The end a transport error means, counting a `max_body` hit.
-fn transport_end(node: &Node, err: TransportError) -> End {
+fn transport_end(metrics: &Metrics, err: TransportError) -> End {
     if err.is_too_large() {
-        node.metrics.limit_hit("max_body");
+        metrics.limit_hit("max_body");
     }
     err.into()
-}
-
-fn stopping() -> End {
-    End::close(CloseReason::Draining, "the node is shutting down")
-}
-
-/// An op-12 body: a room id (`type://id`), or empty to leave the room.
-fn parse_room(body: &[u8]) -> Result<Option<RoomId>, End> {
-    if body.is_empty() {
-        return Ok(None);
-    }
-    let room = std::str::from_utf8(body).map_err(|_| End::protocol("room id is not UTF-8"))?;
-    if body.len() > MAX_ROOM_LEN || !room.contains("://") {
-        return Err(End::protocol(format!(
-            "room id must look like type://id and be at most {MAX_ROOM_LEN} bytes"
-        )));
-    }
-    Ok(Some(room.into()))
 }
 
 /// An op-14/16 body: comma-separated ops.
@@ -448,36 +521,53 @@ fn parse_ops(body: &[u8]) -> Result<Vec<u32>, End> {
 }
 
 /// Says the last words, then leaves the bucket and tells logic.
-async fn finish<T: Transport>(transport: &mut T, node: &Node, session: Option<Session>, end: End) {
+async fn finish<T: Transport>(
+    transport: &mut T,
+    ctx: &ConnContext,
+    session: Option<Session>,
+    end: End,
+) {
+    let mut session = session;
     match &end {
         End::Close(body) => {
             let reason = body.close_reason().unwrap_or(CloseReason::ServerError);
-            node.metrics.closed(reason);
+            ctx.metrics.closed(reason);
             match reason {
-                CloseReason::SlowConsumer => node.metrics.limit_hit("send_queue"),
-                CloseReason::HandshakeTimeout => node.metrics.limit_hit("handshake_timeout"),
+                CloseReason::SlowConsumer => ctx.metrics.limit_hit("send_queue"),
+                CloseReason::HandshakeTimeout => ctx.metrics.limit_hit("handshake_timeout"),
                 _ => {}
             }
             debug!(code = body.code, reason = %body.reason, "closing connection");
-            let mut last = match (&session, reason) {
-                // What a slow consumer did not read would only delay the close.
-                (_, CloseReason::SlowConsumer) | (None, _) => Vec::new(),
-                (Some(session), _) => session.pending.clone(),
-            };
-            if let Ok(close) = body.packet().encode() {
-                last.push(close);
+            let slow = reason == CloseReason::SlowConsumer;
+            let said = timeout(
+                if slow {
+                    SLOW_CLOSE_WRITE_TIMEOUT
+                } else {
+                    CLOSE_WRITE_TIMEOUT
+                },
+                last_words(transport, session.as_mut(), body, slow),
+            )
+            .await
+            .is_ok_and(|said| said);
+            if said && reason == CloseReason::Draining && linger(transport, &ctx.shutdown.cut).await
+            {
+                // Clients leave by themselves on op 6, each when it is
+                // ready; the rest are cut when the drain grace runs out.
+                ctx.metrics.limit_hit("drain_grace");
             }
-            let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
-                if transport.send(&last).await.is_ok() {
-                    transport.shutdown().await;
-                }
-            })
-            .await;
+            if said {
+                let _ = timeout(CLOSE_WRITE_TIMEOUT, transport.shutdown(Some(body))).await;
+            }
         }
-        End::Abort(body) => {
-            let reason = body.close_reason().unwrap_or(CloseReason::ServerError);
-            node.metrics.closed(reason);
-            debug!(code = body.code, reason = %body.reason, "dropping connection");
+        End::Cut => {
+            ctx.metrics.closed(CloseReason::Draining);
+            ctx.metrics.limit_hit("drain_grace");
+            debug!("drain grace ran out; connection cut");
+        }
+        End::Left => {
+            // Answer the client's close (RFC 6455 5.5.1), or send our FIN.
+            let _ = timeout(CLOSE_WRITE_TIMEOUT, transport.shutdown(None)).await;
+            debug!("client left");
         }
         End::Gone(why) => debug!(why, "connection ended"),
     }
@@ -491,35 +581,53 @@ async fn finish<T: Transport>(transport: &mut T, node: &Node, session: Option<Se
     if !kicked {
         // A kicked connection's key now belongs to the newer connection:
         // telling logic to drop it would drop the newer session.
-        let (logic, mid, key) = (node.logic.clone(), session.mid, session.key.clone());
-        tokio::spawn(async move {
-            if let Err(status) = logic.disconnect(mid, &key).await {
-                warn!(mid, %key, error = %status.message(), "disconnect not recorded by logic");
-            }
+        let (logic, mid, key) = (ctx.logic.clone(), session.mid, session.key.clone());
+        ctx.shutdown.background.spawn(async move {
+            let _ = logic.disconnect(mid, &key).await;
         });
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rooms_must_be_type_and_id() {
-        assert_eq!(parse_room(b"").ok(), Some(None));
-        assert_eq!(
-            parse_room(b"live://1000").ok().flatten().as_deref(),
-            Some("live://1000")
-        );
-        assert!(parse_room(b"no-scheme").is_err());
-        assert!(parse_room(&[0xff, b':', b'/', b'/']).is_err());
-        assert!(parse_room(format!("t://{}", "x".repeat(300)).as_bytes()).is_err());
+/// Writes what is owed before op 6, then op 6. A slow consumer is owed only
+/// the rest of a write cut midway (so op 6 starts on a packet boundary);
+/// everyone else gets every packet queued before the close. Returns whether
+/// the client got it all.
+async fn last_words<T: Transport>(
+    transport: &mut T,
+    session: Option<&mut Session>,
+    body: &CloseBody,
+    slow: bool,
+) -> bool {
+    if let Some(session) = session
+        && !session.pending.is_empty()
+        && (!slow || session.written > 0)
+        && transport
+            .send(&session.pending, &mut session.written)
+            .await
+            .is_err()
+    {
+        return false;
     }
+    let Ok(close) = body.packet().encode() else {
+        return false;
+    };
+    transport.send(&[close], &mut 0).await.is_ok()
+}
 
-    #[test]
-    fn ops_are_comma_separated_numbers() {
-        assert_eq!(parse_ops(b"1000, 1001,").ok(), Some(vec![1000, 1001]));
-        assert_eq!(parse_ops(b"").ok(), Some(vec![]));
-        assert!(parse_ops(b"1000,abc").is_err());
+/// Reads and drops whatever a drained client still sends, until it leaves
+/// (false) or the drain grace runs out (true).
+async fn linger<T: Transport>(transport: &mut T, cut: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            () = cut.cancelled() => return true,
+            received = transport.recv() => {
+                if !matches!(received, Some(Ok(_))) {
+                    return false;
+                }
+            }
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

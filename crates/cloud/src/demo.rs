@@ -3,15 +3,10 @@
 //! click Send.
 
 use axum::Router;
-use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::json;
-
-use std::sync::Arc;
-
-use crate::node::Node;
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -53,16 +48,14 @@ const FILES: &[(&str, &str, &str)] = &[
 
 /// The routes of the page, its assets and `/demo/config.json` (where the
 /// page learns the WebSocket port and logic's API address).
-pub(crate) fn routes(ws_port: u16) -> Router<Arc<Node>> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(ws_port: u16, api_url: &str) -> Router<S> {
+    let config = json!({
+        "ws_port": ws_port,
+        "api_url": (!api_url.is_empty()).then_some(api_url),
+    });
     let mut router = Router::new().route(
         "/demo/config.json",
-        get(move |State(node): State<Arc<Node>>| async move {
-            let api = &node.config.demo_api_url;
-            Json(json!({
-                "ws_port": ws_port,
-                "api_url": (!api.is_empty()).then_some(api),
-            }))
-        }),
+        get(move || async move { Json(config) }),
     );
     // Browsers ask for it; a 404 would be the page's only error.
     router = router.route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));

@@ -11,34 +11,42 @@ use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, Empty, Proto, PushMsgReply,
     PushMsgReq, RoomsReply, RoomsReq,
 };
-use imcloud_protocol::{Op, Packet, VERSION};
+use imcloud_protocol::{Op, Packet, RoomId, VERSION};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::bucket::{BucketGone, deliver};
-use crate::metrics::Delivery;
-use crate::node::Node;
+use crate::bucket::{BucketGone, Buckets, deliver};
+use crate::metrics::{Delivery, Metrics};
 use crate::outbox::{Outbox, Push};
 use crate::pace::paced;
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    node: Arc<Node>,
-    stop: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    let check = ApiKey::new(node.config.api_key.clone()).interceptor();
-    tonic::transport::Server::builder()
-        .layer(node.metrics.grpc.layer())
-        .add_service(CloudServer::with_interceptor(CloudService { node }, check))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
-        .await
+/// What the gRPC API reaches: the buckets to push into, the metrics, the
+/// node's drain (`Close`), and where paced broadcasts run.
+pub(crate) struct CloudService {
+    pub(crate) buckets: Buckets,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled by `Close`: the node drains.
+    pub(crate) drain: CancellationToken,
+    /// Paced broadcasts outlive their call; the node waits for them.
+    pub(crate) background: TaskTracker,
 }
 
-struct CloudService {
-    node: Arc<Node>,
+pub(crate) async fn serve(
+    listener: TcpListener,
+    service: CloudService,
+    key: ApiKey,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let layer = service.metrics.grpc.layer();
+    tonic::transport::Server::builder()
+        .layer(layer)
+        .add_service(CloudServer::with_interceptor(service, key.interceptor()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .await
 }
 
 impl From<BucketGone> for Status {
@@ -74,7 +82,7 @@ fn encode(proto: Option<Proto>) -> Result<Push, Status> {
         ver,
         op,
         seq: proto.seq as u32,
-        body: proto.body.into(),
+        body: proto.body,
     }
     .encode()
     .map(|packet| Push::new(packet, at))
@@ -99,7 +107,7 @@ impl Cloud for CloudService {
 
     async fn close(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
         info!("close requested over gRPC");
-        self.node.stop.cancel();
+        self.drain.cancel();
         Ok(Response::new(Empty {}))
     }
 
@@ -118,10 +126,10 @@ impl Cloud for CloudService {
         }
         let filter = op_filter(request.proto_op)?;
         let push = encode(request.proto)?;
-        self.node.metrics.pushed(Delivery::Key);
+        self.metrics.pushed(Delivery::Key);
         debug!(keys = request.keys.len(), op = %push.packet.op(), "push to keys");
         let keys = request.keys.iter().map(|key| key.as_str().into());
-        self.node.buckets.push_keys(keys, &push, filter).await?;
+        self.buckets.push_keys(keys, &push, filter).await?;
         Ok(Response::new(PushMsgReply {}))
     }
 
@@ -135,16 +143,17 @@ impl Cloud for CloudService {
             Status::invalid_argument(format!("speed {} is negative", request.speed))
         })?;
         let push = encode(request.proto)?;
-        self.node.metrics.pushed(Delivery::Broadcast);
+        self.metrics.pushed(Delivery::Broadcast);
         debug!(op = %push.packet.op(), speed, "broadcast");
         if speed == 0 {
-            self.node.buckets.broadcast(&push, filter).await?;
+            self.buckets.broadcast(&push, filter).await?;
         } else {
             // Pacing takes a while: snapshot the receivers and let the
             // buckets go on serving meanwhile.
-            let targets = self.node.buckets.select(filter).await?;
-            let node = self.node.clone();
-            tokio::spawn(async move { pace(targets, push, speed, &node).await });
+            let targets = self.buckets.select(filter).await?;
+            let metrics = self.metrics.clone();
+            self.background
+                .spawn(async move { pace(targets, push, speed, &metrics).await });
         }
         Ok(Response::new(BroadcastReply {}))
     }
@@ -154,21 +163,17 @@ impl Cloud for CloudService {
         request: Request<BroadcastRoomReq>,
     ) -> Result<Response<BroadcastRoomReply>, Status> {
         let request = request.into_inner();
-        if request.room_id.is_empty() {
-            return Err(Status::invalid_argument("roomID must not be empty"));
-        }
+        let room = RoomId::parse(&request.room_id)
+            .map_err(|err| Status::invalid_argument(format!("roomID: {err}")))?;
         let push = encode(request.proto)?;
-        self.node.metrics.pushed(Delivery::Room);
+        self.metrics.pushed(Delivery::Room);
         debug!(room = %request.room_id, op = %push.packet.op(), "push to room");
-        self.node
-            .buckets
-            .push_room(request.room_id.as_str().into(), &push)
-            .await?;
+        self.buckets.push_room(room, &push).await?;
         Ok(Response::new(BroadcastRoomReply {}))
     }
 
     async fn rooms(&self, _: Request<RoomsReq>) -> Result<Response<RoomsReply>, Status> {
-        let rooms = self.node.buckets.room_counts().await?;
+        let rooms = self.buckets.room_counts().await?;
         Ok(Response::new(RoomsReply {
             rooms: rooms
                 .into_keys()
@@ -179,10 +184,10 @@ impl Cloud for CloudService {
 }
 
 /// Delivers to at most `speed` connections per second, in small steps.
-async fn pace(targets: Vec<Arc<Outbox>>, push: Push, speed: u32, node: &Node) {
+async fn pace(targets: Vec<Arc<Outbox>>, push: Push, speed: u32, metrics: &Metrics) {
     paced(&targets, speed, |group| {
         let sent = deliver(group, &push);
-        node.metrics.delivered(Delivery::Broadcast, sent);
+        metrics.delivered(Delivery::Broadcast, sent);
     })
     .await;
 }

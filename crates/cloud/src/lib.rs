@@ -18,6 +18,7 @@ mod node;
 mod online;
 mod outbox;
 mod pace;
+mod routes;
 mod transport;
 mod ws;
 

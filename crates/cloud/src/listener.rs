@@ -2,19 +2,18 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
-
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::conn;
-use crate::node::Node;
+use crate::conn::{self, ConnContext};
 use crate::transport::TcpTransport;
-use crate::ws::{self, Upgrade};
+use crate::ws::{self, Upgrade, WsSettings};
 
 /// Which protocol a listener speaks.
 #[derive(Clone, Copy, Debug)]
@@ -26,18 +25,47 @@ pub(crate) enum Kind {
 /// Longest pause after failing accepts (out of file descriptors, say).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What the accept loops need: who may come in, how WebSocket clients are
+/// upgraded, and what their connections are given.
+pub(crate) struct Doorway {
+    pub(crate) admission: Admission,
+    pub(crate) ws: WsSettings,
+    pub(crate) conns: Arc<ConnContext>,
+}
+
+/// The connection limits checked before a client is served.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Connection slots (`max_connections`).
+    slots: Arc<Semaphore>,
+    /// Connections per client address (`max_connections_per_ip`, 0 = no limit).
+    per_ip: Arc<PerIp>,
+    per_ip_limit: usize,
+}
+
+impl Admission {
+    pub(crate) fn new(max_connections: usize, per_ip_limit: usize) -> Self {
+        Admission {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            per_ip: Arc::new(PerIp::default()),
+            per_ip_limit,
+        }
+    }
+}
+
 /// Accepts clients until the node stops. Accept errors back off and are
 /// logged here; a connection's errors stay in its own task.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     kind: Kind,
-    node: Arc<Node>,
+    doorway: Arc<Doorway>,
     tracker: TaskTracker,
 ) {
+    let stop = doorway.conns.shutdown.stop.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            () = node.stop.cancelled() => return,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -56,7 +84,7 @@ pub(crate) async fn accept_loop(
             Kind::Tcp => info_span!("conn", %peer, transport = "tcp"),
             Kind::Ws => info_span!("conn", %peer, transport = "ws"),
         };
-        tracker.spawn(handle(stream, kind, node.clone()).instrument(span));
+        tracker.spawn(handle(stream, kind, doorway.clone()).instrument(span));
     }
 }
 
@@ -74,7 +102,7 @@ pub(crate) struct IpSlot {
 
 impl PerIp {
     fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts.lock();
         let count = counts.entry(ip).or_default();
         if *count >= limit {
             return None;
@@ -89,11 +117,7 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut counts = self
-            .per_ip
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.per_ip.counts.lock();
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -103,41 +127,46 @@ impl Drop for IpSlot {
     }
 }
 
-/// Takes a connection slot and, when limited, a per-address slot; `None`
-/// (with the limit counted) when either is exhausted.
-fn admit(node: &Node, ip: IpAddr) -> Option<(OwnedSemaphorePermit, Option<IpSlot>)> {
-    let Ok(permit) = node.slots.clone().try_acquire_owned() else {
-        node.metrics.limit_hit("connections");
-        return None;
-    };
-    let limit = node.config.max_connections_per_ip;
-    if limit == 0 {
-        return Some((permit, None));
-    }
-    match node.per_ip.acquire(ip, limit) {
-        Some(slot) => Some((permit, Some(slot))),
-        None => {
-            node.metrics.limit_hit("connections_per_ip");
-            None
+impl Doorway {
+    /// Takes a connection slot and, when limited, a per-address slot; `None`
+    /// (with the limit counted) when either is exhausted.
+    fn admit(&self, ip: IpAddr) -> Option<(OwnedSemaphorePermit, Option<IpSlot>)> {
+        let metrics = &self.conns.metrics;
+        let Ok(permit) = self.admission.slots.clone().try_acquire_owned() else {
+            metrics.limit_hit("connections");
+            return None;
+        };
+        let limit = self.admission.per_ip_limit;
+        if limit == 0 {
+            return Some((permit, None));
+        }
+        match self.admission.per_ip.acquire(ip, limit) {
+            Some(slot) => Some((permit, Some(slot))),
+            None => {
+                metrics.limit_hit("connections_per_ip");
+                None
+            }
         }
     }
 }
 
-async fn handle(stream: TcpStream, kind: Kind, node: Arc<Node>) {
+async fn handle(stream: TcpStream, kind: Kind, doorway: Arc<Doorway>) {
     let _ = stream.set_nodelay(true);
     let ip = stream
         .peer_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
-    let permit = admit(&node, ip);
+    let permit = doorway.admit(ip);
+    let conns = doorway.conns.clone();
     match kind {
         Kind::Tcp => {
-            let transport = TcpTransport::new(stream, node.config.max_body);
-            conn::serve(transport, node, String::new(), permit).await;
+            let transport = TcpTransport::new(stream, doorway.ws.max_body);
+            drop(doorway);
+            conn::serve(transport, conns, String::new(), permit).await;
         }
         Kind::Ws => {
             let upgrade = tokio::time::timeout(
-                node.config.handshake_timeout,
-                ws::accept(stream, &node.config),
+                conns.limits.handshake_timeout,
+                ws::accept(stream, &doorway.ws),
             );
             // Boxed, and taken apart in its own statement: the handshake
             // future, a match around the `serve` call, or a half-moved
@@ -148,7 +177,8 @@ async fn handle(stream: TcpStream, kind: Kind, node: Arc<Node>) {
                 Ok(Err(err)) => return debug!(error = %err, "websocket upgrade refused"),
                 Err(_) => return debug!("websocket upgrade timed out"),
             };
-            conn::serve(transport, node, cookie, permit).await;
+            drop(doorway);
+            conn::serve(transport, conns, cookie, permit).await;
         }
     }
 }

@@ -1,25 +1,33 @@
-//! The cloud node's client of the logic nodes: every call has a deadline and
-//! is balanced over the configured logic nodes.
+//! The cloud node's client of the logic nodes: every call has a deadline
+//! (tower's timeout) and carries the API key (an interceptor), and is
+//! balanced over the logic nodes discovery reports.
+//!
+//! Connections see logic only through [`SessionLogic`], the four calls a
+//! connection makes, so a session can be tested against a fake.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use imcloud_auth::{ApiKey, KeyInterceptor};
+use imcloud_auth::{ApiKey, SendKey};
 use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::Proto;
-use imcloud_proto::logic::logic_client::LogicClient;
+use imcloud_proto::logic::logic_client::LogicClient as GrpcClient;
 use imcloud_proto::logic::{
-    ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq,
+    ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, PingReq, ReceiveReq,
+    RenewSessionsReq, Session,
 };
 use imcloud_protocol::Packet;
 use tokio::sync::{Semaphore, watch};
+use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
-use tracing::warn;
+use tower::timeout::Timeout;
+use tracing::{info, warn};
 
 /// A logic address that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +48,37 @@ pub(crate) enum AuthError {
     Unavailable(String),
 }
 
+/// What a connection asks of logic over its life.
+#[async_trait]
+pub(crate) trait SessionLogic: Send + Sync + 'static {
+    /// Verifies a client's token; logic opens its session.
+    async fn connect(&self, token: Bytes, cookie: String) -> Result<ConnectReply, AuthError>;
+    /// Renews a client's session.
+    async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status>;
+    /// Closes a client's session.
+    async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status>;
+    /// Hands a client message (op 4) to logic.
+    async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status>;
+}
+
+/// Every call carries the API key and has a deadline. The deadline is the
+/// client's, not only the endpoints': while no logic node is known the
+/// balanced channel has no endpoint to enforce one, and a call would wait
+/// for a node to appear.
+type Client = GrpcClient<InterceptedService<Timeout<Channel>, SendKey>>;
+
+/// The gRPC client of the logic nodes.
 #[derive(Clone, Debug)]
-pub(crate) struct Logic {
-    client: LogicClient<Channel>,
-    key: KeyInterceptor,
+pub(crate) struct LogicClient {
+    client: Client,
     server_id: String,
-    timeout: Duration,
     /// Bounds the background calls (Disconnect, session renewals) in flight:
     /// 10,000 clients leaving at once must not flood logic with 10,000
     /// concurrent calls and starve the Connects of clients arriving.
     background: Arc<Semaphore>,
+    /// Renewals and disconnects failing: logged when it starts and when it
+    /// ends, never once per connection.
+    outage: Arc<Outage>,
 }
 
 /// Background calls to logic in flight at most.
@@ -70,7 +99,7 @@ pub(crate) fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, BadLog
         })
 }
 
-impl Logic {
+impl LogicClient {
     /// A client balanced over the logic nodes discovery reports, following
     /// the set as it changes: endpoints are added and removed without
     /// dropping calls in flight. Connections are made lazily, so a logic
@@ -79,7 +108,7 @@ impl Logic {
         mut nodes: watch::Receiver<Vec<ServiceNode>>,
         server_id: &str,
         timeout: Duration,
-        key: ApiKey,
+        key: &ApiKey,
     ) -> Self {
         let (channel, changes) = Channel::balance_channel::<String>(16);
         tokio::spawn(async move {
@@ -107,97 +136,12 @@ impl Logic {
                 }
             }
         });
-        Logic {
-            client: LogicClient::new(channel),
-            key: key.interceptor(),
+        LogicClient {
+            client: GrpcClient::with_interceptor(Timeout::new(channel, timeout), key.sender()),
             background: Arc::new(Semaphore::new(MAX_BACKGROUND_CALLS)),
             server_id: server_id.to_owned(),
-            timeout,
+            outage: Arc::new(Outage::default()),
         }
-    }
-
-    /// A request carrying the cluster's API key.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        self.key.attach(tonic::Request::new(message))
-    }
-
-    /// Runs one call under the deadline; a missed deadline is `DeadlineExceeded`.
-    async fn call<T>(
-        &self,
-        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
-    ) -> Result<T, Status> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "logic did not answer within {:?}",
-                self.timeout
-            ))),
-        }
-    }
-
-    /// Verifies a client's token; logic opens its session.
-    pub(crate) async fn connect(
-        &self,
-        token: Bytes,
-        cookie: String,
-    ) -> Result<ConnectReply, AuthError> {
-        let request = ConnectReq {
-            server: self.server_id.clone(),
-            cookie,
-            token: token.to_vec(),
-        };
-        self.call(self.client.clone().connect(self.request(request)))
-            .await
-            .map_err(|status| match status.code() {
-                Code::Unauthenticated
-                | Code::PermissionDenied
-                | Code::InvalidArgument
-                | Code::NotFound
-                | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
-                code => AuthError::Unavailable(format!("logic: {code:?}: {}", status.message())),
-            })
-    }
-
-    /// Closes a client's session.
-    pub(crate) async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status> {
-        let _slot = self.background.acquire().await;
-        let request = DisconnectReq {
-            mid,
-            key: key.to_owned(),
-            server: self.server_id.clone(),
-        };
-        self.call(self.client.clone().disconnect(self.request(request)))
-            .await
-            .map(drop)
-    }
-
-    /// Renews a client's session.
-    pub(crate) async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status> {
-        let _slot = self.background.acquire().await;
-        let request = HeartbeatReq {
-            mid,
-            key: key.to_owned(),
-            server: self.server_id.clone(),
-        };
-        self.call(self.client.clone().heartbeat(self.request(request)))
-            .await
-            .map(drop)
-    }
-
-    /// Hands a client message (op 4) to logic.
-    pub(crate) async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status> {
-        let request = ReceiveReq {
-            mid,
-            proto: Some(Proto {
-                ver: i32::from(packet.ver),
-                op: packet.op.0 as i32,
-                seq: packet.seq as i32,
-                body: packet.body.to_vec(),
-            }),
-        };
-        self.call(self.client.clone().receive(self.request(request)))
-            .await
-            .map(drop)
     }
 
     /// Reports this node's room counts; returns the cluster totals.
@@ -209,8 +153,118 @@ impl Logic {
             server: self.server_id.clone(),
             room_count,
         };
-        self.call(self.client.clone().renew_online(self.request(request)))
-            .await
-            .map(|reply| reply.all_room_count)
+        let reply = self.client.clone().renew_online(request).await?;
+        Ok(reply.into_inner().all_room_count)
+    }
+
+    /// The session store's epoch (see logic's `PingReply`).
+    pub(crate) async fn epoch(&self) -> Result<String, Status> {
+        let reply = self.client.clone().ping(PingReq {}).await?;
+        Ok(reply.into_inner().epoch)
+    }
+
+    /// Records these sessions as connected here, in one call.
+    pub(crate) async fn renew_sessions(&self, sessions: Vec<(i64, String)>) -> Result<(), Status> {
+        let request = RenewSessionsReq {
+            server: self.server_id.clone(),
+            sessions: sessions
+                .into_iter()
+                .map(|(mid, key)| Session { mid, key })
+                .collect(),
+        };
+        self.client.clone().renew_sessions(request).await.map(drop)
+    }
+}
+
+#[async_trait]
+impl SessionLogic for LogicClient {
+    async fn connect(&self, token: Bytes, cookie: String) -> Result<ConnectReply, AuthError> {
+        let request = ConnectReq {
+            server: self.server_id.clone(),
+            cookie,
+            token,
+        };
+        match self.client.clone().connect(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(auth_error(&status)),
+        }
+    }
+
+    async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let _slot = self.background.acquire().await;
+        let request = HeartbeatReq {
+            mid,
+            key: key.to_owned(),
+            server: self.server_id.clone(),
+        };
+        let result = self.client.clone().heartbeat(request).await.map(drop);
+        self.outage.record("session renewals", &result);
+        result
+    }
+
+    async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let _slot = self.background.acquire().await;
+        let request = DisconnectReq {
+            mid,
+            key: key.to_owned(),
+            server: self.server_id.clone(),
+        };
+        let result = self.client.clone().disconnect(request).await.map(drop);
+        self.outage.record("disconnects", &result);
+        result
+    }
+
+    async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status> {
+        let request = ReceiveReq {
+            mid,
+            proto: Some(Proto {
+                ver: i32::from(packet.ver),
+                op: packet.op.0 as i32,
+                seq: packet.seq as i32,
+                body: packet.body.clone(),
+            }),
+        };
+        self.client.clone().receive(request).await.map(drop)
+    }
+}
+
+/// Refusals of the token are the client's fault; anything else means logic
+/// could not answer, and the client should come back.
+fn auth_error(status: &Status) -> AuthError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition => AuthError::Refused(status.message().to_owned()),
+        code => AuthError::Unavailable(format!(
+            "logic: {}: {}",
+            code.description(),
+            status.message()
+        )),
+    }
+}
+
+/// Whether background calls to logic are failing, so the outage is logged
+/// once when it starts and once when it ends, whatever the number of
+/// connections renewing through it.
+#[derive(Debug, Default)]
+struct Outage {
+    down: AtomicBool,
+}
+
+impl Outage {
+    fn record<T>(&self, what: &'static str, result: &Result<T, Status>) {
+        match result {
+            Ok(_) if self.down.swap(false, Ordering::Relaxed) => {
+                info!(what, "calls to logic succeed again");
+            }
+            Ok(_) => {}
+            Err(status) if !self.down.swap(true, Ordering::Relaxed) => {
+                warn!(what, error = %status.message(), "calls to logic failing; sessions are kept here and renewed later");
+            }
+            Err(_) => {}
+        }
     }
 }

@@ -1,11 +1,11 @@
-//! The cloud node: its shared state, and its life from start to drained exit.
+//! The cloud node's composition root: builds its parts, gives each one
+//! what it uses, and runs the node's life from start to drained exit.
+//! Nothing else in the crate imports it.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use imcloud_protocol::{CloseBody, CloseReason};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,13 +13,17 @@ use tracing::{info, warn};
 
 use crate::bucket::Buckets;
 use crate::config::{CloudConfig, ConfigError};
-use crate::listener::PerIp;
-use crate::listener::{Kind, accept_loop};
-use crate::logic::{self, BadLogicAddr, Logic};
+use crate::conn::{ConnContext, ConnLimits, Shutdown};
+use crate::grpc::CloudService;
+use crate::http::DemoPage;
+use crate::listener::{Admission, Doorway, Kind, accept_loop};
+use crate::logic::{self, BadLogicAddr, LogicClient};
 use crate::metrics::Metrics;
-use crate::online::Online;
+use crate::online::{Online, Reporter};
+use crate::outbox::Outbox;
 use crate::pace::paced;
-use crate::{grpc, http, online};
+use crate::ws::WsSettings;
+use crate::{grpc, http, online, routes};
 use imcloud_auth::ApiKey;
 use imcloud_discovery::{Discovery, LOGIC_SERVICE, ServiceNode, StaticDiscovery};
 
@@ -59,30 +63,20 @@ pub enum CloudError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// State every part of the node shares.
-#[derive(Debug)]
-pub(crate) struct Node {
-    pub(crate) config: CloudConfig,
-    pub(crate) buckets: Buckets,
-    pub(crate) logic: Logic,
-    pub(crate) online: Online,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) next_conn_id: AtomicU64,
-    /// Connection slots (`max_connections`).
-    pub(crate) slots: Arc<Semaphore>,
-    /// Connections per client address (`max_connections_per_ip`).
-    pub(crate) per_ip: Arc<PerIp>,
+/// A running cloud node.
+pub struct Cloud {
+    metrics: Arc<Metrics>,
     /// Cancelled when the node starts draining (shutdown or `Close`).
-    pub(crate) stop: CancellationToken,
-    /// Cancelled when the drain grace runs out: remaining connections are cut.
-    pub(crate) cut: CancellationToken,
+    drain: CancellationToken,
+    task: JoinHandle<Result<(), CloudError>>,
 }
 
-/// A running cloud node.
-#[derive(Debug)]
-pub struct Cloud {
-    node: Arc<Node>,
-    task: JoinHandle<Result<(), CloudError>>,
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud")
+            .field("draining", &self.drain.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cloud {
@@ -120,59 +114,64 @@ impl Cloud {
         shutdown: CancellationToken,
     ) -> Result<Cloud, CloudError> {
         config.validate()?;
-        ApiKey::new(config.api_key.clone()).guard("cloud gRPC", listeners.grpc.local_addr()?)?;
-        let metrics = Arc::new(Metrics::default());
-        let node = Arc::new(Node {
-            logic: Logic::new(
-                discovery.watch(LOGIC_SERVICE),
-                &config.server_id,
-                config.logic_timeout,
-                ApiKey::new(config.api_key.clone()),
-            ),
-            buckets: Buckets::spawn(config.bucket_count(), &metrics),
-            online: Online::default(),
-            metrics,
-            next_conn_id: AtomicU64::new(1),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
-            per_ip: Arc::new(PerIp::default()),
-            stop: shutdown.child_token(),
-            cut: CancellationToken::new(),
-            config,
-        });
+        let key = ApiKey::new(config.api_key.clone());
+        key.guard("cloud gRPC", listeners.grpc.local_addr()?)?;
         info!(
-            server_id = %node.config.server_id,
+            server_id = %config.server_id,
             tcp = %listeners.tcp.local_addr()?,
             ws = %listeners.ws.local_addr()?,
             grpc = %listeners.grpc.local_addr()?,
             http = %listeners.http.local_addr()?,
             "cloud node serving"
         );
-        let task = tokio::spawn(serve(node.clone(), listeners));
-        Ok(Cloud { node, task })
+        let metrics = Arc::new(Metrics::default());
+        let logic = LogicClient::new(
+            discovery.watch(LOGIC_SERVICE),
+            &config.server_id,
+            config.logic_timeout,
+            &key,
+        );
+        let shutdown = Shutdown {
+            stop: shutdown.child_token(),
+            ..Shutdown::default()
+        };
+        let drain = shutdown.stop.clone();
+        let parts = Parts {
+            buckets: Buckets::spawn(config.bucket_count(), &metrics),
+            online: Arc::new(Online::default()),
+            logic,
+            metrics: metrics.clone(),
+            shutdown,
+            key,
+            config,
+        };
+        let task = tokio::spawn(serve(parts, listeners));
+        Ok(Cloud {
+            metrics,
+            drain,
+            task,
+        })
     }
 
-    /// The node's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.node.metrics
+    /// The node's metrics (they outlive the node, for a last look).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Cancelled when the node starts draining: the moment to deregister.
     pub fn stopping(&self) -> CancellationToken {
-        self.node.stop.clone()
+        self.drain.clone()
     }
 
     /// Open client connections, read live (for discovery's load meta).
     pub fn load(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
-        let node = self.node.clone();
-        move || {
-            u64::try_from(node.metrics.connections("ws") + node.metrics.connections("tcp"))
-                .unwrap_or(0)
-        }
+        let metrics = self.metrics.clone();
+        move || u64::try_from(metrics.connections("ws") + metrics.connections("tcp")).unwrap_or(0)
     }
 
     /// Starts a drain, as `Close` or a shutdown signal would.
     pub fn close(&self) {
-        self.node.stop.cancel();
+        self.drain.cancel();
     }
 
     /// Waits until the node has drained and stopped.
@@ -190,13 +189,24 @@ pub async fn run(
     Cloud::start(listeners, config, shutdown)?.wait().await
 }
 
+/// Everything a node is made of, before it is wired together.
+struct Parts {
+    config: CloudConfig,
+    key: ApiKey,
+    buckets: Buckets,
+    online: Arc<Online>,
+    logic: LogicClient,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+}
+
 /// Tells every client to leave (op 6 `draining`), `drain_rate` per second,
 /// each with a random reconnect-after hint up to `drain_jitter`, so they do
 /// not all come back to the other nodes at once. Returns how many were told.
-async fn tell_to_leave(node: &Node, everyone: &[Arc<crate::outbox::Outbox>]) -> usize {
-    let jitter_ms = u64::try_from(node.config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
+async fn tell_to_leave(config: &CloudConfig, everyone: &[Arc<Outbox>]) -> usize {
+    let jitter_ms = u64::try_from(config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
     let mut told = 0;
-    paced(everyone, node.config.drain_rate, |group| {
+    paced(everyone, config.drain_rate, |group| {
         for outbox in group {
             let mut body = CloseBody::new(CloseReason::Draining, Some("the node is shutting down"));
             body.retry_after_ms = Some(fastrand::u64(0..=jitter_ms));
@@ -209,56 +219,115 @@ async fn tell_to_leave(node: &Node, everyone: &[Arc<crate::outbox::Outbox>]) -> 
     told
 }
 
-/// The node's life: serve until stopped, then drain in order: stop
-/// accepting, tell every client to reconnect elsewhere (op 6 `draining`),
-/// wait for them to leave (up to `drain_grace`), cut the rest, stop the APIs.
-async fn serve(node: Arc<Node>, listeners: Listeners) -> Result<(), CloudError> {
+/// The node's life: wire the parts, serve until stopped, then drain in
+/// order: stop accepting, tell every client to reconnect elsewhere (op 6
+/// `draining`), give them `drain_grace` to leave, cut the rest, finish the
+/// calls to logic still in flight (Disconnects), stop the APIs.
+async fn serve(parts: Parts, listeners: Listeners) -> Result<(), CloudError> {
+    let Parts {
+        config,
+        key,
+        buckets,
+        online,
+        logic,
+        metrics,
+        shutdown,
+    } = parts;
     let connections = TaskTracker::new();
     let apis_stop = CancellationToken::new();
-    let grpc = tokio::spawn(grpc::serve(listeners.grpc, node.clone(), apis_stop.clone()));
-    let ws_port = listeners.ws.local_addr().map_or(0, |addr| addr.port());
-    let http = tokio::spawn(http::serve(
-        listeners.http,
-        node.clone(),
-        ws_port,
+    let grpc = tokio::spawn(grpc::serve(
+        listeners.grpc,
+        CloudService {
+            buckets: buckets.clone(),
+            metrics: metrics.clone(),
+            drain: shutdown.stop.clone(),
+            background: shutdown.background.clone(),
+        },
+        key,
         apis_stop.clone(),
     ));
-    let reporter = tokio::spawn(online::report(node.clone(), apis_stop.clone()));
+    let demo = config.demo_page.then(|| DemoPage {
+        ws_port: listeners.ws.local_addr().map_or(0, |addr| addr.port()),
+        api_url: config.demo_api_url.clone(),
+    });
+    let status = http::Status {
+        metrics: metrics.clone(),
+        draining: shutdown.stop.clone(),
+    };
+    let http = tokio::spawn(http::serve(listeners.http, status, demo, apis_stop.clone()));
+    let reporter = tokio::spawn(online::report(
+        Reporter {
+            buckets: buckets.clone(),
+            logic: logic.clone(),
+            online: online.clone(),
+            metrics: metrics.clone(),
+            interval: config.online_report_interval,
+        },
+        apis_stop.clone(),
+    ));
+    let routes = tokio::spawn(routes::keep(
+        buckets.clone(),
+        logic.clone(),
+        config.logic_probe_interval,
+        apis_stop.clone(),
+    ));
+    let doorway = Arc::new(Doorway {
+        admission: Admission::new(config.max_connections, config.max_connections_per_ip),
+        ws: WsSettings::from(&config),
+        conns: Arc::new(ConnContext::new(
+            ConnLimits::from(&config),
+            buckets.clone(),
+            Arc::new(logic),
+            online,
+            metrics,
+            shutdown.clone(),
+        )),
+    });
     let tcp = tokio::spawn(accept_loop(
         listeners.tcp,
         Kind::Tcp,
-        node.clone(),
+        doorway.clone(),
         connections.clone(),
     ));
     let ws = tokio::spawn(accept_loop(
         listeners.ws,
         Kind::Ws,
-        node.clone(),
+        doorway,
         connections.clone(),
     ));
 
-    node.stop.cancelled().await;
+    shutdown.stop.cancelled().await;
     info!("cloud node draining");
     // The accept loops return on `stop`, dropping their listeners.
     tcp.await?;
     ws.await?;
-    let deadline = tokio::time::Instant::now() + node.config.drain_grace;
-    let everyone = node.buckets.select(None).await.unwrap_or_default();
-    let told = tokio::time::timeout_at(deadline, tell_to_leave(&node, &everyone))
+    let deadline = tokio::time::Instant::now() + config.drain_grace;
+    let everyone = buckets.select(None).await.unwrap_or_default();
+    let told = tokio::time::timeout_at(deadline, tell_to_leave(&config, &everyone))
         .await
         .unwrap_or(0);
+    drop(everyone);
     connections.close();
     if tokio::time::timeout_at(deadline, connections.wait())
         .await
         .is_err()
     {
-        warn!(grace = ?node.config.drain_grace, "drain grace ran out; cutting the remaining connections");
-        node.cut.cancel();
+        warn!(grace = ?config.drain_grace, "drain grace ran out; cutting the remaining connections");
+        shutdown.cut.cancel();
         connections.wait().await;
+    }
+    // Disconnects of the clients that just left are on their way to logic.
+    shutdown.background.close();
+    if tokio::time::timeout(config.logic_timeout, shutdown.background.wait())
+        .await
+        .is_err()
+    {
+        warn!("calls to logic still in flight after the drain were abandoned");
     }
     info!(told, "cloud node drained");
     apis_stop.cancel();
     reporter.await?;
+    routes.await?;
     http.await??;
     grpc.await??;
     Ok(())

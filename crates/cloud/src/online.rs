@@ -2,12 +2,16 @@
 //! the cluster totals logic answers with, used in heartbeat replies.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
+use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::node::Node;
+use crate::bucket::Buckets;
+use crate::logic::LogicClient;
+use crate::metrics::Metrics;
 
 /// The counts a heartbeat reply reads.
 #[derive(Debug, Default)]
@@ -28,7 +32,7 @@ impl Online {
     /// The room's online count: the cluster total when logic gave one,
     /// else this node's own count.
     pub(crate) fn count(&self, room: &str) -> u32 {
-        let counts = self.counts.read().unwrap_or_else(PoisonError::into_inner);
+        let counts = self.counts.read();
         let count = counts
             .cluster
             .get(room)
@@ -39,15 +43,30 @@ impl Online {
     }
 
     fn set(&self, local: HashMap<String, i32>, cluster: HashMap<String, i32>) {
-        *self.counts.write().unwrap_or_else(PoisonError::into_inner) = Counts { cluster, local };
+        *self.counts.write() = Counts { cluster, local };
     }
 }
 
 /// Every `online_report_interval`: count this node's room members, report
 /// them to logic, keep the totals. Logs once when logic becomes unreachable
 /// and once when it is back, not on every failed report.
-pub(crate) async fn report(node: std::sync::Arc<Node>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(node.config.online_report_interval);
+pub(crate) struct Reporter {
+    pub(crate) buckets: Buckets,
+    pub(crate) logic: LogicClient,
+    pub(crate) online: Arc<Online>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) interval: Duration,
+}
+
+pub(crate) async fn report(reporter: Reporter, stop: CancellationToken) {
+    let Reporter {
+        buckets,
+        logic,
+        online,
+        metrics,
+        interval,
+    } = reporter;
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
@@ -55,21 +74,21 @@ pub(crate) async fn report(node: std::sync::Arc<Node>, stop: CancellationToken) 
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(rooms) = node.buckets.room_counts().await else {
+        let Ok(rooms) = buckets.room_counts().await else {
             return;
         };
         let local: HashMap<String, i32> = rooms
             .into_iter()
             .map(|(room, count)| (room.to_string(), i32::try_from(count).unwrap_or(i32::MAX)))
             .collect();
-        node.metrics.set_rooms(local.len());
-        match node.logic.renew_online(local.clone()).await {
+        metrics.set_rooms(local.len());
+        match logic.renew_online(local.clone()).await {
             Ok(cluster) => {
                 if failing {
                     info!("room counts reported to logic again");
                     failing = false;
                 }
-                node.online.set(local, cluster);
+                online.set(local, cluster);
             }
             Err(status) => {
                 if !failing {
@@ -77,7 +96,7 @@ pub(crate) async fn report(node: std::sync::Arc<Node>, stop: CancellationToken) 
                     failing = true;
                 }
                 // Stale totals would mislead: fall back to this node's own.
-                node.online.set(local, HashMap::new());
+                online.set(local, HashMap::new());
             }
         }
     }

@@ -12,10 +12,10 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use imcloud_protocol::{CloseBody, EncodedPacket};
+use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// Queue capacity (in packets) kept after a drain; more is freed.
@@ -77,9 +77,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The critical sections cannot panic midway; a poisoned lock still
-        // holds a consistent queue.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Queues a reply or an ack without waiting (see [`Outbox::deliver`]).
@@ -101,10 +99,7 @@ impl Outbox {
             }
             if state.queue.len() >= self.capacity {
                 let detail = format!("send queue of {} packets is full", self.capacity);
-                state.close = Some(CloseBody::new(
-                    imcloud_protocol::CloseReason::SlowConsumer,
-                    Some(&detail),
-                ));
+                state.close = Some(CloseBody::new(CloseReason::SlowConsumer, Some(&detail)));
                 drop(state);
                 self.changed.notify_waiters();
                 return Err(Rejected::Overflow);
@@ -162,6 +157,21 @@ impl Outbox {
             .await
     }
 
+    /// Waits until the queue overflows, and says why: a write in progress
+    /// to a client that stopped reading is abandoned then, not when the
+    /// write times out.
+    pub(crate) async fn overflowed(&self) -> CloseBody {
+        let slow = |state: &State| {
+            state
+                .close
+                .as_ref()
+                .filter(|close| close.close_reason() == Some(CloseReason::SlowConsumer))
+                .cloned()
+        };
+        self.wait(|state| slow(state).is_some()).await;
+        slow(&self.lock()).unwrap_or_else(|| CloseBody::new(CloseReason::SlowConsumer, None))
+    }
+
     async fn wait(&self, done: impl Fn(&State) -> bool) {
         loop {
             let mut changed = pin!(self.changed.notified());
@@ -179,7 +189,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imcloud_protocol::{CloseReason, Op, Packet};
+    use imcloud_protocol::{Op, Packet};
     use std::sync::Arc;
 
     fn packet(n: u32) -> EncodedPacket {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 
 use bytes::BytesMut;
-use imcloud_protocol::{EncodedPacket, Packet, PacketCodec, ProtocolError};
+use imcloud_protocol::{CloseBody, EncodedPacket, Packet, PacketCodec, ProtocolError};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -65,14 +65,21 @@ pub(crate) trait Transport: Send + 'static {
     /// The next packet; `None` when the client closed cleanly.
     fn recv(&mut self) -> impl Future<Output = Option<Result<Packet, TransportError>>> + Send;
 
-    /// Writes the packets in order, in as few writes as the transport allows.
+    /// Writes the packets in order, in as few writes as the transport
+    /// allows, skipping the first `written` bytes of what they make on the
+    /// wire and counting up `written` as bytes leave. Cancel-safe in that
+    /// sense: a write abandoned midway is finished by calling again with
+    /// the same packets.
     fn send(
         &mut self,
         packets: &[EncodedPacket],
+        written: &mut usize,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
-    /// Closes the connection politely (WebSocket close frame, TCP FIN).
-    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+    /// Closes the connection politely: a TCP FIN; on WebSocket a Close
+    /// frame carrying `close`'s code and reason, or the answer to the
+    /// client's own Close.
+    fn shutdown(&mut self, close: Option<&CloseBody>) -> impl Future<Output = ()> + Send;
 }
 
 /// Bytes read at a time. Client traffic is heartbeats and small messages, so
@@ -126,34 +133,87 @@ impl Transport for TcpTransport {
         }
     }
 
-    async fn send(&mut self, packets: &[EncodedPacket]) -> Result<(), TransportError> {
+    async fn send(
+        &mut self,
+        packets: &[EncodedPacket],
+        written: &mut usize,
+    ) -> Result<(), TransportError> {
         // Everything queued leaves in one vectored write, straight from the
         // shared packet buffers: no copy, whatever the fan-out.
         let mut slices: Vec<IoSlice<'_>> =
             packets.iter().map(|p| IoSlice::new(p.as_bytes())).collect();
-        write_all_vectored(&mut self.stream, &mut slices)
+        write_all_vectored(&mut self.stream, &mut slices, written)
             .await
             .map_err(TransportError::Io)
     }
 
-    async fn shutdown(&mut self) {
+    async fn shutdown(&mut self, _: Option<&CloseBody>) {
         let _ = self.stream.shutdown().await;
     }
 }
 
-/// Writes every slice, in as few `writev` calls as the kernel allows
-/// (`write_all` for slices: tokio has none).
+/// Writes every slice but the first `written` bytes, in as few `writev`
+/// calls as the kernel allows (`write_all` for slices: tokio has none),
+/// adding what leaves to `written`.
 pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
     writer: &mut W,
     mut slices: &mut [IoSlice<'_>],
+    written: &mut usize,
 ) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
+    IoSlice::advance_slices(&mut slices, *written);
     while !slices.is_empty() {
-        let written = writer.write_vectored(slices).await?;
-        if written == 0 {
+        let n = writer.write_vectored(slices).await?;
+        if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        IoSlice::advance_slices(&mut slices, written);
+        *written += n;
+        IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+/// An in-memory transport for unit tests: packets in through a channel,
+/// written packets out through another.
+#[cfg(test)]
+pub(crate) mod memory {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// What the session wrote, as the test sees it.
+    #[derive(Debug)]
+    pub(crate) enum Out {
+        Packet(Packet),
+        Shutdown(Option<CloseBody>),
+    }
+
+    pub(crate) struct MemoryTransport {
+        pub(crate) inbound: mpsc::UnboundedReceiver<Packet>,
+        pub(crate) outbound: mpsc::UnboundedSender<Out>,
+    }
+
+    impl Transport for MemoryTransport {
+        const NAME: &'static str = "tcp";
+
+        async fn recv(&mut self) -> Option<Result<Packet, TransportError>> {
+            self.inbound.recv().await.map(Ok)
+        }
+
+        async fn send(
+            &mut self,
+            packets: &[EncodedPacket],
+            written: &mut usize,
+        ) -> Result<(), TransportError> {
+            for packet in packets {
+                let decoded = Packet::from_frame(packet.as_bytes().clone(), usize::MAX)
+                    .map_err(TransportError::from)?;
+                let _ = self.outbound.send(Out::Packet(decoded));
+                *written += packet.len();
+            }
+            Ok(())
+        }
+
+        async fn shutdown(&mut self, close: Option<&CloseBody>) {
+            let _ = self.outbound.send(Out::Shutdown(close.cloned()));
+        }
+    }
 }

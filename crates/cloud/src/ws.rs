@@ -1,15 +1,17 @@
 //! WebSocket clients: the `/sub` upgrade and packets in binary frames.
 
 use futures_util::{SinkExt, StreamExt};
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 
-use imcloud_protocol::{EncodedPacket, HEADER_LEN, Packet, batch_header, batch_runs};
+use imcloud_protocol::{CloseBody, EncodedPacket, HEADER_LEN, Packet, batch_header, batch_runs};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::CloudConfig;
@@ -26,8 +28,8 @@ pub(crate) struct WsTransport {
 }
 
 /// The bytes before a frame's packets: the WebSocket header of a final,
-/// unmasked binary frame (server to client), then, for a run of several
-/// packets, the op-9 header that makes them one batch.
+/// unmasked binary frame (server to client, formatted by tungstenite), then,
+/// for a run of several packets, the op-9 header that makes them one batch.
 struct FrameHead {
     bytes: [u8; 10 + HEADER_LEN],
     len: usize,
@@ -36,40 +38,95 @@ struct FrameHead {
 impl FrameHead {
     fn new(run: &[EncodedPacket]) -> FrameHead {
         let inner: usize = run.iter().map(EncodedPacket::len).sum();
-        let payload = if run.len() > 1 {
-            HEADER_LEN + inner
-        } else {
-            inner
+        let batched = run.len() > 1;
+        let payload = if batched { HEADER_LEN + inner } else { inner };
+        let mut bytes = [0; 10 + HEADER_LEN];
+        let header = FrameHeader {
+            opcode: OpCode::Data(Data::Binary),
+            ..FrameHeader::default()
         };
-        let mut head = FrameHead {
-            bytes: [0; 10 + HEADER_LEN],
-            len: 0,
-        };
-        head.put(&[0x82]); // FIN, binary
-        match payload {
-            0..=125 => head.put(&[payload as u8]),
-            126..=0xffff => {
-                head.put(&[126]);
-                head.put(&(payload as u16).to_be_bytes());
-            }
-            _ => {
-                head.put(&[127]);
-                head.put(&(payload as u64).to_be_bytes());
-            }
+        let mut out = &mut bytes[..];
+        // The buffer holds the longest header (10 bytes) and an op-9 header.
+        let _ = header.format(payload as u64, &mut out);
+        if batched {
+            let _ = out.write_all(&batch_header(inner));
         }
-        if run.len() > 1 {
-            head.put(&batch_header(inner));
-        }
-        head
-    }
-
-    fn put(&mut self, bytes: &[u8]) {
-        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+        let len = 10 + HEADER_LEN - out.len();
+        FrameHead { bytes, len }
     }
 
     fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
+    }
+}
+
+/// The socket under a WebSocket, to write frames to by hand. Only made by
+/// [`RawFrames::after_flush`], so nothing can be written before the bytes
+/// tungstenite owes the client (a pong, a close answer): frames never
+/// interleave.
+struct RawFrames<'a> {
+    socket: &'a mut TcpStream,
+}
+
+impl<'a> RawFrames<'a> {
+    /// Flushes what tungstenite owes, then hands out the socket. With
+    /// `mid_write` (a write already started), nothing is flushed: it would
+    /// land inside the frame being written.
+    async fn after_flush(
+        ws: &'a mut WebSocketStream<TcpStream>,
+        mid_write: bool,
+    ) -> Result<RawFrames<'a>, TransportError> {
+        if !mid_write {
+            ws.flush().await.map_err(map_ws_error)?;
+        }
+        Ok(RawFrames {
+            socket: ws.get_mut(),
+        })
+    }
+
+    /// Writes `packets` as frames (runs of up to `max_batch` bytes become
+    /// op-9 batches) in one vectored write, header then the shared packet
+    /// buffers: tungstenite would copy every frame into an output buffer
+    /// that it then keeps, sized to the largest burst, for the rest of the
+    /// connection.
+    async fn write(
+        self,
+        packets: &[EncodedPacket],
+        max_batch: usize,
+        written: &mut usize,
+    ) -> Result<(), TransportError> {
+        let frames: Vec<(FrameHead, &[EncodedPacket])> = batch_runs(packets, max_batch)
+            .map(|run| (FrameHead::new(run), run))
+            .collect();
+        let mut slices = Vec::with_capacity(frames.len() + packets.len());
+        for (head, run) in &frames {
+            slices.push(IoSlice::new(head.as_bytes()));
+            slices.extend(run.iter().map(|packet| IoSlice::new(packet.as_bytes())));
+        }
+        write_all_vectored(self.socket, &mut slices, written)
+            .await
+            .map_err(TransportError::Io)
+    }
+}
+
+/// How WebSocket connections are read and written (from the node's config).
+#[derive(Clone, Debug)]
+pub(crate) struct WsSettings {
+    /// tungstenite's read buffer per connection.
+    pub(crate) read_buffer: usize,
+    /// Largest client packet body.
+    pub(crate) max_body: usize,
+    /// Largest op-9 batch frame written.
+    pub(crate) max_batch: usize,
+}
+
+impl From<&CloudConfig> for WsSettings {
+    fn from(config: &CloudConfig) -> Self {
+        WsSettings {
+            read_buffer: config.ws_read_buffer,
+            max_body: config.max_body,
+            max_batch: config.max_batch_bytes,
+        }
     }
 }
 
@@ -82,14 +139,14 @@ pub(crate) struct Upgrade {
 
 /// Runs the RFC 6455 handshake (tungstenite checks the method, version and
 /// key). Any path but `/sub` gets a 404; a requested subprotocol is echoed.
-pub(crate) async fn accept(stream: TcpStream, config: &CloudConfig) -> Result<Upgrade, WsError> {
+pub(crate) async fn accept(stream: TcpStream, settings: &WsSettings) -> Result<Upgrade, WsError> {
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.ws_read_buffer)
+        .read_buffer_size(settings.read_buffer)
         // Frames are written straight through: the writer already gathers
         // queued packets into one op-9 frame.
         .write_buffer_size(0)
-        .max_message_size(Some(config.max_body + HEADER_LEN))
-        .max_frame_size(Some(config.max_body + HEADER_LEN));
+        .max_message_size(Some(settings.max_body + HEADER_LEN))
+        .max_frame_size(Some(settings.max_body + HEADER_LEN));
     let mut cookie = String::new();
     // tungstenite's callback type fixes the error type; it is built once per
     // refused upgrade.
@@ -115,8 +172,8 @@ pub(crate) async fn accept(stream: TcpStream, config: &CloudConfig) -> Result<Up
     Ok(Upgrade {
         transport: WsTransport {
             ws,
-            max_body: config.max_body,
-            max_batch: config.max_batch_bytes,
+            max_body: settings.max_body,
+            max_batch: settings.max_batch,
         },
         cookie,
     })
@@ -129,6 +186,20 @@ fn first_subprotocol(request: &Request) -> Option<HeaderValue> {
     HeaderValue::from_str(first)
         .ok()
         .filter(|_| !first.is_empty())
+}
+
+/// The longest prefix of `text`, on a character boundary, that fits a
+/// Close frame's reason (125 bytes of control frame payload, 2 of them the code).
+fn control_frame_text(text: &str) -> &str {
+    const MAX: usize = 123;
+    if text.len() <= MAX {
+        return text;
+    }
+    let end = (0..=MAX)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..end]
 }
 
 fn map_ws_error(err: WsError) -> TransportError {
@@ -167,31 +238,33 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn send(&mut self, packets: &[EncodedPacket]) -> Result<(), TransportError> {
+    async fn send(
+        &mut self,
+        packets: &[EncodedPacket],
+        written: &mut usize,
+    ) -> Result<(), TransportError> {
         if packets.is_empty() {
             return Ok(());
         }
-        // Whatever tungstenite owes the client (a pong) leaves first; after
-        // that the frames are written here, header then the shared packet
-        // buffers, in one vectored write: tungstenite would copy every frame
-        // into an output buffer that it then keeps, sized to the largest
-        // burst, for the rest of the connection.
-        self.ws.flush().await.map_err(map_ws_error)?;
-        let frames: Vec<(FrameHead, &[EncodedPacket])> = batch_runs(packets, self.max_batch)
-            .map(|run| (FrameHead::new(run), run))
-            .collect();
-        let mut slices = Vec::with_capacity(frames.len() + packets.len());
-        for (head, run) in &frames {
-            slices.push(IoSlice::new(head.as_bytes()));
-            slices.extend(run.iter().map(|packet| IoSlice::new(packet.as_bytes())));
-        }
-        write_all_vectored(self.ws.get_mut(), &mut slices)
+        RawFrames::after_flush(&mut self.ws, *written > 0)
+            .await?
+            .write(packets, self.max_batch, written)
             .await
-            .map_err(TransportError::Io)
     }
 
-    async fn shutdown(&mut self) {
-        let _ = self.ws.close(None).await;
+    async fn shutdown(&mut self, close: Option<&CloseBody>) {
+        if let Some(body) = close {
+            let frame = CloseFrame {
+                code: CloseCode::from(body.code),
+                reason: control_frame_text(&body.reason).into(),
+            };
+            // Refused when the client closed first: its answer is then
+            // what tungstenite owes, and the flush below sends it.
+            let _ = self.ws.close(Some(frame)).await;
+        }
+        // The answer to a client's Close, queued by tungstenite when it
+        // read it (RFC 6455 5.5.1).
+        let _ = self.ws.flush().await;
     }
 }
 
@@ -218,7 +291,9 @@ mod tests {
             frames
         });
         let (stream, _) = listener.accept().await.expect("accept");
-        let upgrade = accept(stream, config).await.expect("upgrade");
+        let upgrade = accept(stream, &WsSettings::from(config))
+            .await
+            .expect("upgrade");
         (upgrade, client)
     }
 
@@ -236,10 +311,24 @@ mod tests {
                     .expect("encode")
             })
             .collect();
-        upgrade.transport.send(&packets[..1]).await.expect("one");
+        upgrade
+            .transport
+            .send(&packets[..1], &mut 0)
+            .await
+            .expect("one");
         // Three 36-byte packets: two fit a 100-byte batch, the third starts another.
-        upgrade.transport.send(&packets[1..]).await.expect("three");
-        upgrade.transport.shutdown().await;
+        upgrade
+            .transport
+            .send(&packets[1..], &mut 0)
+            .await
+            .expect("three");
+        upgrade
+            .transport
+            .shutdown(Some(&CloseBody::new(
+                imcloud_protocol::CloseReason::Draining,
+                None,
+            )))
+            .await;
 
         let frames = client.await.expect("client");
         assert_eq!(frames.len(), 3);
@@ -278,11 +367,17 @@ mod tests {
         for packet in &packets {
             upgrade
                 .transport
-                .send(std::slice::from_ref(packet))
+                .send(std::slice::from_ref(packet), &mut 0)
                 .await
                 .expect("send");
         }
-        upgrade.transport.shutdown().await;
+        upgrade
+            .transport
+            .shutdown(Some(&CloseBody::new(
+                imcloud_protocol::CloseReason::Draining,
+                None,
+            )))
+            .await;
         let frames = client.await.expect("client");
         let expected: Vec<&[u8]> = packets.iter().map(|p| &p.as_bytes()[..]).collect();
         let got: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();

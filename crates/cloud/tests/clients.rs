@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use imcloud_client::{AuthReply, Client, ClientError};
 use imcloud_proto::cloud::BroadcastRoomReq;
 use imcloud_protocol::{CloseBody, CloseReason, Op, Packet};
+use imcloud_testkit::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -444,6 +445,74 @@ async fn websocket_upgrades_only_on_sub_and_echoes_the_subprotocol() {
     );
 }
 
+/// RFC 6455 5.5.1: a client's Close is answered with a Close (it was once
+/// left unanswered, so clients saw 1006), and a close the server starts
+/// carries op 6's code and reason.
+#[tokio::test]
+async fn websocket_closes_are_answered_and_carry_a_code_and_reason() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let logic = LogicNode::start().await;
+    let node = CloudNode::start(test_config(logic.addr)).await;
+    let auth = |token: String| {
+        let packet = Packet::new(Op::AUTH, 1, token.into_bytes())
+            .encode()
+            .expect("encode");
+        Message::Binary(packet.as_bytes().clone())
+    };
+
+    // The client says goodbye: the server answers with its own Close.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.ws_url)
+        .await
+        .expect("connect");
+    ws.send(auth(token(1, "polite", "", &[])))
+        .await
+        .expect("auth");
+    assert!(
+        matches!(ws.next().await, Some(Ok(Message::Binary(_)))),
+        "op 8"
+    );
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("close");
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("expected the server's Close answer, got {other:?}"),
+    }
+
+    // The server closes: op 6, then a Close frame with the same code and reason.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.ws_url)
+        .await
+        .expect("connect");
+    ws.send(Message::Binary(Bytes::from_static(b"not json")))
+        .await
+        .expect("garbage");
+    let op6 = match ws.next().await {
+        Some(Ok(Message::Binary(frame))) => Packet::from_frame(frame, 1 << 20).expect("op 6"),
+        other => panic!("expected op 6, got {other:?}"),
+    };
+    let said = CloseBody::parse(&op6.body).expect("op-6 body");
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), said.code);
+            assert_eq!(
+                frame.code,
+                CloseCode::from(CloseReason::ProtocolError.code())
+            );
+            assert!(
+                frame.reason.starts_with("protocol error"),
+                "{}",
+                frame.reason
+            );
+        }
+        other => panic!("expected a Close with a code, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_as_slow_and_the_room_still_gets_everything() {
     let logic = LogicNode::start().await;
@@ -482,19 +551,72 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_the_room_still_gets_e
         assert_eq!(got.seq, seq, "the reader gets every message in order");
     }
 
-    // The sleeper wakes up: it finds an unbroken prefix, then op 6.
+    // The sleeper is closed as soon as its queue overflows, while it still
+    // reads nothing, long before the 30 s write timeout.
+    let metrics = node.cloud().metrics();
+    eventually("the sleeper closed as a slow consumer", async || {
+        metrics.closes(CloseReason::SlowConsumer) == 1
+    })
+    .await;
+    assert_eq!(metrics.limits_hit("send_queue"), 1);
+
+    // The sleeper wakes up: it finds an unbroken prefix, then op 6 if its
+    // socket had room for it, else the end of the stream.
     let mut expected = 0;
-    let close = loop {
-        let packet = sleeper.recv().await.expect("sleeper reads");
+    loop {
+        let packet = match sleeper.recv().await {
+            Ok(packet) => packet,
+            Err(_) => break,
+        };
         if packet.op == Op::DISCONNECT {
-            break CloseBody::parse(&packet.body).expect("close body");
+            let close = CloseBody::parse(&packet.body).expect("close body");
+            assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
+            break;
         }
         assert_eq!(packet.seq, expected, "no gap before the close");
         expected += 1;
-    };
-    assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
+    }
     assert!(expected < count, "the sleeper fell behind");
-    assert_eq!(node.cloud().metrics().closes(CloseReason::SlowConsumer), 1);
+}
+
+/// A client that never reads again: closed within a second of its queue
+/// overflowing, counted, whatever the writer was doing (the write timeout
+/// is far away). It once stayed until the write timeout, its pushes neither
+/// queued nor counted.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_when_its_queue_overflows() {
+    let logic = LogicNode::start().await;
+    let mut config = test_config(logic.addr);
+    config.send_queue = 16;
+    config.write_timeout = Duration::from_secs(120);
+    let node = CloudNode::start(config).await;
+    let mut sleeper = connect(&node, Transport::Tcp).await;
+    sleeper
+        .auth(token(2, "sleeper", "live://stuck", &[]))
+        .await
+        .expect("auth");
+
+    let body = vec![7u8; 16 * 1024];
+    let metrics = node.cloud().metrics();
+    let mut grpc = node.grpc.clone();
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let mut pushed = 0;
+    while metrics.closes(CloseReason::SlowConsumer) == 0 {
+        assert!(pushed < 5000, "still open after {pushed} pushes of 16 KiB");
+        ticks.tick().await;
+        grpc.broadcast_room(BroadcastRoomReq {
+            room_id: "live://stuck".to_owned(),
+            proto: Some(proto(1000, &body)),
+        })
+        .await
+        .expect("push");
+        pushed += 1;
+    }
+    assert_eq!(metrics.limits_hit("send_queue"), 1);
+    eventually("the connection gone", async || {
+        metrics.connections("tcp") == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -533,14 +655,16 @@ async fn connections_per_address_are_limited_when_configured() {
 
     // A slot is freed when a connection leaves.
     drop(first);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut again = loop {
-        tick.tick().await;
-        let mut client = connect(&node, Transport::Ws).await;
-        if client.auth(token(3, "three", "", &[])).await.is_ok() {
-            break client;
-        }
-    };
+    let metrics = node.cloud().metrics();
+    eventually("the first connection gone", async || {
+        metrics.connections("ws") + metrics.connections("tcp") == 1
+    })
+    .await;
+    let mut again = connect(&node, Transport::Ws).await;
+    again
+        .auth(token(3, "three", "", &[]))
+        .await
+        .expect("a slot again");
     assert_eq!(again.heartbeat().await.expect("served"), 0);
 }
 

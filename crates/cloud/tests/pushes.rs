@@ -324,3 +324,72 @@ async fn a_drain_is_paced_and_spreads_reconnects() {
         .await
         .expect("stops");
 }
+
+/// Clients get `drain_grace` to leave after op 6: one that leaves at once
+/// is not cut, one that lingers is cut only when the grace runs out (both
+/// were once cut within milliseconds of their op 6).
+#[tokio::test]
+async fn a_drain_gives_lingering_clients_the_grace_to_leave() {
+    let logic = LogicNode::start().await;
+    let mut config = test_config(logic.addr);
+    config.drain_grace = std::time::Duration::from_millis(1500);
+    let mut node = CloudNode::start(config).await;
+    let mut all = clients(&node, 2, |_| String::new(), &[]).await;
+    let mut leaver = all.pop().expect("tcp client");
+    let mut lingerer = all.pop().expect("ws client");
+
+    node.grpc.clone().close(Empty {}).await.expect("close");
+    let said = leaver.closed().await.expect("op 6");
+    assert_eq!(said.close_reason(), Some(CloseReason::Draining));
+    drop(leaver);
+    let said = lingerer.closed().await.expect("op 6");
+    assert_eq!(said.close_reason(), Some(CloseReason::Draining));
+    // Still connected after its op 6: the lingerer can still talk.
+    lingerer
+        .send(imcloud_protocol::Packet::new(Op::HEARTBEAT, 9, Vec::new()))
+        .await
+        .expect("still connected after op 6");
+
+    let cloud = node.cloud.take().expect("running");
+    let metrics = cloud.metrics();
+    cloud.wait().await.expect("drained");
+    assert_eq!(
+        metrics.limits_hit("drain_grace"),
+        1,
+        "only the lingerer is cut"
+    );
+    assert!(
+        lingerer.recv().await.is_err(),
+        "cut at the end of the grace"
+    );
+}
+
+/// The Disconnects of a drain reach logic before the node exits, even when
+/// logic is slow to answer them (they were once dropped with the process).
+#[tokio::test]
+async fn a_drain_finishes_telling_logic_before_the_node_exits() {
+    let mut logic = LogicNode::start().await;
+    logic
+        .disconnect_delay
+        .store(300, std::sync::atomic::Ordering::Relaxed);
+    let mut node = CloudNode::start(test_config(logic.addr)).await;
+    let mut all = clients(&node, 6, |_| String::new(), &[]).await;
+    node.grpc.clone().close(Empty {}).await.expect("close");
+    for client in &mut all {
+        client.closed().await.expect("op 6");
+    }
+    drop(all);
+    node.cloud
+        .take()
+        .expect("running")
+        .wait()
+        .await
+        .expect("drained");
+    let mut disconnects = 0;
+    while let Ok(event) = logic.events.try_recv() {
+        if matches!(event, common::Event::Disconnect { .. }) {
+            disconnects += 1;
+        }
+    }
+    assert_eq!(disconnects, 6, "every Disconnect answered before the exit");
+}

@@ -4,7 +4,9 @@
 //! known healthy nodes stay in use until Consul answers again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use consulrs::api::check::common::AgentServiceCheckBuilder;
@@ -171,6 +173,7 @@ impl ConsulDiscovery {
             let check_id = format!("service:{id}");
             let call_timeout = config.ttl / 3;
             let mut registered = false;
+            let mut announced = false;
             let mut failures = 0u32;
             loop {
                 let result = if registered {
@@ -205,11 +208,16 @@ impl ConsulDiscovery {
                         registered = false;
                     }
                     Ok(()) => {
+                        // Re-registrations that refresh the meta are routine;
+                        // the first one and the end of an outage are news.
                         if failures > 0 {
                             info!(%id, "registered in consul again");
-                        } else {
+                        } else if !announced {
                             info!(%id, "registered in consul");
+                        } else {
+                            debug!(%id, "registration refreshed");
                         }
+                        announced = true;
                         failures = 0;
                         registered = true;
                         // Pass the check at once: a new TTL check starts critical.
@@ -295,7 +303,7 @@ impl ConsulDiscovery {
                             if *current == nodes {
                                 return false;
                             }
-                            debug!(service = %name, nodes = nodes.len(), "healthy nodes changed");
+                            info!(service = %name, nodes = nodes.len(), "healthy nodes changed");
                             *current = nodes;
                             true
                         });
@@ -387,7 +395,7 @@ impl From<crate::health::ServiceEntry> for ServiceNode {
 impl Discovery for ConsulDiscovery {
     fn watch(&self, service: &str) -> watch::Receiver<Vec<ServiceNode>> {
         let name = self.service_name(service);
-        let mut watches = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut watches = self.watches.lock();
         if let Some(sender) = watches.get(&name) {
             return sender.subscribe();
         }

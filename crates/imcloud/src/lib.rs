@@ -3,6 +3,7 @@
 //! Kept out of `main.rs` so tests run the very same code on 127.0.0.1:0.
 
 pub mod config;
+mod overrides;
 mod standalone;
 mod token;
 
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{CloudFile, LogicFile, StandaloneFile, load};
+pub use overrides::Overrides;
 pub use standalone::Standalone;
 pub use token::{TokenArgs, mint_token};
 

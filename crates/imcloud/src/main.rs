@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use imcloud_auth::Secret;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -104,37 +103,28 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone())?;
     let config = cli.config.as_deref();
+    let overrides = imcloud::Overrides {
+        server_id: cli.server_id,
+        advertise_host: cli.advertise_host,
+        api_key: cli.api_key,
+        jwt_secret: cli.jwt_secret,
+    };
     match cli.mode {
         Mode::Cloud => {
-            let mut file: imcloud::CloudFile = imcloud::load(config)?;
-            if let Some(id) = cli.server_id {
-                file.cloud.server_id = id;
-            }
-            if let Some(host) = cli.advertise_host {
-                file.discovery.advertise_host = host;
-            }
-            if let Some(key) = cli.api_key {
-                file.cloud.api_key = Secret::new(key);
-            }
+            let mut file = imcloud::load(config)?;
+            overrides.cloud(&mut file)?;
             imcloud::run_cloud(file, shutdown).await
         }
         Mode::Logic => {
-            let mut file: imcloud::LogicFile = imcloud::load(config)?;
-            if let Some(id) = cli.server_id {
-                file.logic.server_id = id;
-            }
-            if let Some(host) = cli.advertise_host {
-                file.discovery.advertise_host = host;
-            }
-            if let Some(key) = cli.api_key {
-                file.logic.api_key = Secret::new(key);
-            }
-            if let Some(secret) = cli.jwt_secret {
-                file.logic.jwt.secret = Secret::new(secret);
-            }
+            let mut file = imcloud::load(config)?;
+            overrides.logic(&mut file)?;
             imcloud::run_logic(file, shutdown).await
         }
-        Mode::Standalone => imcloud::run_standalone(imcloud::load(config)?, shutdown).await,
+        Mode::Standalone => {
+            let mut file = imcloud::load(config)?;
+            overrides.standalone(&mut file)?;
+            imcloud::run_standalone(file, shutdown).await
+        }
         Mode::Token(_) => Ok(()),
     }
 }

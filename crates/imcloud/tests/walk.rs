@@ -5,7 +5,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 
 use common::any_ports;
 use imcloud::{Standalone, TokenArgs};
@@ -60,31 +61,22 @@ async fn the_walk_in_process() {
     imcloud.wait().await.expect("stops cleanly");
 }
 
-#[tokio::test]
-async fn the_walk_with_the_binary_and_a_sigterm() {
-    let dir = std::env::temp_dir().join(format!("imcloud-walk-{}", std::process::id()));
+/// The real binary in standalone mode on ports the OS picks, with `args`;
+/// its config file, WebSocket URL and API URL. Its logs are drained in the
+/// background so it never blocks on a full pipe.
+fn spawn_standalone(name: &str, args: &[&str]) -> (Child, PathBuf, String, String) {
+    let dir = std::env::temp_dir().join(format!("imcloud-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let config = dir.join("standalone.toml");
-    let ports = ["cloud_listen", "logic_listen"]
-        .iter()
-        .map(|table| {
-            let keys: &[&str] = if *table == "cloud_listen" {
-                &["tcp", "ws", "grpc", "http"]
-            } else {
-                &["grpc", "http"]
-            };
-            let lines: String = keys
-                .iter()
-                .map(|k| format!("{k} = \"127.0.0.1:0\"\n"))
-                .collect();
-            format!("[{table}]\n{lines}")
-        })
-        .collect::<String>();
+    let ports = "[cloud_listen]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\n\
+                 grpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\
+                 [logic_listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n";
     std::fs::write(&config, ports).expect("config");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_imcloud"))
         .args(["standalone", "--log-format", "json", "--config"])
         .arg(&config)
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .expect("run imcloud");
@@ -97,8 +89,41 @@ async fn the_walk_with_the_binary_and_a_sigterm() {
         .expect("a ready line");
     let ws_url = ready["fields"]["ws"].as_str().expect("ws").to_owned();
     let api_url = ready["fields"]["api"].as_str().expect("api").to_owned();
-    // Keep draining the logs so the child never blocks on a full pipe.
     std::thread::spawn(move || logs.for_each(drop));
+    (child, config, ws_url, api_url)
+}
+
+/// `--server-id` and `--api-key` reach both nodes of a standalone imcloud
+/// (they were once accepted and ignored).
+#[tokio::test]
+async fn standalone_takes_the_server_id_and_api_key_flags() {
+    let (mut child, _, _, api_url) =
+        spawn_standalone("flags", &["--server-id", "pod-7", "--api-key", "k3y"]);
+    let web = reqwest::Client::new();
+    let push = || {
+        web.post(format!("{api_url}/im/push/mids"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("mids=1&msg=hi")
+    };
+    assert_eq!(push().send().await.expect("push").status(), 401);
+    let keyed = push().bearer_auth("k3y").send().await.expect("push");
+    assert_eq!(keyed.status(), 200, "the key opens logic's API");
+    let nodes: Value = web
+        .get(format!("{api_url}/im/nodes"))
+        .send()
+        .await
+        .expect("nodes")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(nodes["data"]["nodes"][0]["id"], "pod-7", "{nodes}");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
+
+#[tokio::test]
+async fn the_walk_with_the_binary_and_a_sigterm() {
+    let (mut child, config, ws_url, api_url) = spawn_standalone("walk", &[]);
 
     // imcloud token --mid 123 --room live://1000 --accepts 1000, with the same config.
     let minted = Command::new(env!("CARGO_BIN_EXE_imcloud"))

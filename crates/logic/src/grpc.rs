@@ -2,35 +2,52 @@
 //! report through it; backends push through it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use imcloud_auth::ApiKey;
 use imcloud_proto::logic::logic_server::{Logic, LogicServer};
 use imcloud_proto::logic::*;
+use imcloud_protocol::RoomId;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::node::Node;
-use crate::nodes::nodes_advice;
-use crate::push::Message;
-use crate::session::StoreError;
+use crate::metrics::Metrics;
+use crate::nodes::Advisor;
+use crate::push::{Message, Pusher};
+use crate::session::{SessionStore, StoreError};
+use crate::verifier::TokenVerifier;
+use crate::webhook::ReceiveWebhook;
+
+/// What the gRPC API reaches.
+pub(crate) struct LogicService {
+    pub(crate) verifier: Arc<dyn TokenVerifier>,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) pusher: Arc<Pusher>,
+    pub(crate) advisor: Arc<Advisor>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Where client messages (op 4) go, if anywhere.
+    pub(crate) receive_webhook: Option<ReceiveWebhook>,
+    /// The heartbeat interval clients are told.
+    pub(crate) heartbeat: Duration,
+    /// Cancelled by `Close`: the node stops.
+    pub(crate) stop: CancellationToken,
+}
 
 pub(crate) async fn serve(
     listener: TcpListener,
-    node: Arc<Node>,
+    service: LogicService,
+    key: ApiKey,
 ) -> Result<(), tonic::transport::Error> {
-    let stop = node.stop.clone();
-    let check = node.api_key.interceptor();
+    let stop = service.stop.clone();
+    let layer = service.metrics.grpc.layer();
     tonic::transport::Server::builder()
-        .layer(node.metrics.grpc.layer())
-        .add_service(LogicServer::with_interceptor(LogicService { node }, check))
+        .layer(layer)
+        .add_service(LogicServer::with_interceptor(service, key.interceptor()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
-}
-
-struct LogicService {
-    node: Arc<Node>,
 }
 
 impl From<StoreError> for Status {
@@ -46,12 +63,13 @@ fn operation(op: i32) -> Option<i32> {
 #[tonic::async_trait]
 impl Logic for LogicService {
     async fn ping(&self, _: Request<PingReq>) -> Result<Response<PingReply>, Status> {
-        Ok(Response::new(PingReply {}))
+        let epoch = self.store.epoch().await?;
+        Ok(Response::new(PingReply { epoch }))
     }
 
     async fn close(&self, _: Request<CloseReq>) -> Result<Response<CloseReply>, Status> {
         info!("close requested over gRPC");
-        self.node.stop.cancel();
+        self.stop.cancel();
         Ok(Response::new(CloseReply {}))
     }
 
@@ -63,10 +81,10 @@ impl Logic for LogicService {
         if request.server.is_empty() {
             return Err(Status::invalid_argument("server is required"));
         }
-        let identity = match self.node.verifier.verify(&request.token).await {
+        let identity = match self.verifier.verify(&request.token).await {
             Ok(identity) => identity,
             Err(err) => {
-                self.node.metrics.connect(false);
+                self.metrics.connect(false);
                 return Err(err.into());
             }
         };
@@ -74,18 +92,20 @@ impl Logic for LogicService {
             .key
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        self.node
-            .store
+        self.store
             .connect(identity.mid, &key, &request.server)
             .await?;
-        self.node.metrics.connect(true);
+        self.metrics.connect(true);
         debug!(mid = identity.mid, %key, server = %request.server, "client connected");
         Ok(Response::new(ConnectReply {
             mid: identity.mid,
             key,
-            room_id: identity.room_id,
+            room_id: identity
+                .room_id
+                .map(|room| room.to_string())
+                .unwrap_or_default(),
             accepts: identity.accepts,
-            heartbeat: self.node.config.heartbeat.as_secs() as i64,
+            heartbeat: self.heartbeat.as_secs() as i64,
         }))
     }
 
@@ -95,7 +115,6 @@ impl Logic for LogicService {
     ) -> Result<Response<DisconnectReply>, Status> {
         let request = request.into_inner();
         let has = self
-            .node
             .store
             .disconnect(request.mid, &request.key, &request.server)
             .await?;
@@ -107,11 +126,29 @@ impl Logic for LogicService {
         request: Request<HeartbeatReq>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let request = request.into_inner();
-        self.node
-            .store
+        self.store
             .renew(request.mid, &request.key, &request.server)
             .await?;
         Ok(Response::new(HeartbeatReply {}))
+    }
+
+    async fn renew_sessions(
+        &self,
+        request: Request<RenewSessionsReq>,
+    ) -> Result<Response<RenewSessionsReply>, Status> {
+        let request = request.into_inner();
+        if request.server.is_empty() {
+            return Err(Status::invalid_argument("server is required"));
+        }
+        let sessions: Vec<(i64, String)> = request
+            .sessions
+            .into_iter()
+            .map(|session| (session.mid, session.key))
+            .collect();
+        self.store.renew_many(&request.server, &sessions).await?;
+        info!(server = %request.server, sessions = sessions.len(), "sessions registered again");
+        let epoch = self.store.epoch().await?;
+        Ok(Response::new(RenewSessionsReply { epoch }))
     }
 
     async fn renew_online(
@@ -122,11 +159,10 @@ impl Logic for LogicService {
         if request.server.is_empty() {
             return Err(Status::invalid_argument("server is required"));
         }
-        self.node
-            .store
+        self.store
             .report_online(&request.server, request.room_count)
             .await?;
-        let online = self.node.store.online().await?;
+        let online = self.store.online().await?;
         Ok(Response::new(OnlineReply {
             all_room_count: online.rooms,
         }))
@@ -140,39 +176,21 @@ impl Logic for LogicService {
         let proto = request
             .proto
             .ok_or_else(|| Status::invalid_argument("proto is required"))?;
-        self.node.metrics.received();
+        self.metrics.received();
         debug!(
             mid = request.mid,
             op = proto.op,
             len = proto.body.len(),
             "client message"
         );
-        if let Some(url) = &self.node.config.receive_webhook {
-            // The body goes as is (no re-encoding), the rest as headers.
-            let response = self
-                .node
-                .webhook
-                .post(url)
-                .header("content-type", "application/octet-stream")
-                .header("x-imcloud-mid", request.mid)
-                .header("x-imcloud-op", proto.op)
-                .header("x-imcloud-seq", proto.seq)
-                .body(proto.body)
-                .send()
-                .await
-                .map_err(|err| Status::unavailable(format!("receive webhook: {err}")))?;
-            if !response.status().is_success() {
-                return Err(Status::unavailable(format!(
-                    "receive webhook answered {}",
-                    response.status()
-                )));
-            }
+        if let Some(webhook) = &self.receive_webhook {
+            webhook.post(request.mid, &proto).await?;
         }
         Ok(Response::new(ReceiveReply {}))
     }
 
     async fn nodes(&self, request: Request<NodesReq>) -> Result<Response<NodesReply>, Status> {
-        let advice = nodes_advice(&self.node).await?;
+        let advice = self.advisor.advice().await?;
         debug!(platform = %request.get_ref().platform, "nodes asked");
         Ok(Response::new(advice.into_reply()))
     }
@@ -182,8 +200,8 @@ impl Logic for LogicService {
         request: Request<PushKeysReq>,
     ) -> Result<Response<PushKeysReply>, Status> {
         let request = request.into_inner();
-        let message = Message::new(operation(request.operation), Bytes::from(request.msg))?;
-        let delivered = self.node.push_keys(request.keys, message).await?;
+        let message = Message::new(operation(request.operation), request.msg)?;
+        let delivered = self.pusher.push_keys(request.keys, message).await?;
         Ok(Response::new(PushKeysReply {
             nodes: delivered.nodes as i32,
             keys: delivered.keys.unwrap_or(0) as i32,
@@ -204,8 +222,8 @@ impl Logic for LogicService {
                     .map_err(|_| Status::invalid_argument(format!("mid {mid:?} is not a number")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let message = Message::new(operation(request.operation), Bytes::from(request.msg))?;
-        let delivered = self.node.push_mids(mids, message).await?;
+        let message = Message::new(operation(request.operation), request.msg)?;
+        let delivered = self.pusher.push_mids(mids, message).await?;
         Ok(Response::new(PushMidsReply {
             nodes: delivered.nodes as i32,
             keys: delivered.keys.unwrap_or(0) as i32,
@@ -217,9 +235,10 @@ impl Logic for LogicService {
         request: Request<PushRoomReq>,
     ) -> Result<Response<PushRoomReply>, Status> {
         let request = request.into_inner();
-        let message = Message::new(operation(request.operation), Bytes::from(request.msg))?;
-        let room = format!("{}://{}", request.r#type, request.room);
-        let delivered = self.node.push_room(room, message).await?;
+        let message = Message::new(operation(request.operation), request.msg)?;
+        let room = RoomId::from_parts(&request.r#type, &request.room)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let delivered = self.pusher.push_room(room, message).await?;
         Ok(Response::new(PushRoomReply {
             nodes: delivered.nodes as i32,
         }))
@@ -230,8 +249,8 @@ impl Logic for LogicService {
         request: Request<PushAllReq>,
     ) -> Result<Response<PushAllReply>, Status> {
         let request = request.into_inner();
-        let message = Message::new(operation(request.operation), Bytes::from(request.msg))?;
-        let delivered = self.node.push_all(request.speed, message).await?;
+        let message = Message::new(operation(request.operation), request.msg)?;
+        let delivered = self.pusher.push_all(request.speed, message).await?;
         Ok(Response::new(PushAllReply {
             nodes: delivered.nodes as i32,
         }))

@@ -18,16 +18,42 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use imcloud_auth::ApiKey;
+use imcloud_protocol::RoomId;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::DEVELOPMENT_SECRET;
-use crate::node::Node;
-use crate::nodes::nodes_advice;
-use crate::push::{Message, PushError};
-use crate::session::StoreError;
+use crate::metrics::Metrics;
+use crate::nodes::Advisor;
+use crate::push::{Message, PushError, Pusher};
+use crate::session::{SessionStore, StoreError};
 use crate::verifier::{Claims, Jwt};
 
-pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<()> {
-    let stop = node.stop.clone();
-    let limit = node.config.max_push_body;
+/// What the HTTP API reaches.
+pub(crate) struct Api {
+    pub(crate) pusher: Arc<Pusher>,
+    /// Online counts.
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) advisor: Arc<Advisor>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Required on backend routes.
+    pub(crate) api_key: ApiKey,
+    /// Whether `GET /im/dev/token` mints tokens: only with the development
+    /// secret, which only ever listens on loopback.
+    pub(crate) dev_tokens: bool,
+    pub(crate) max_push_body: usize,
+    /// Cancelled when the node stops: health turns 503.
+    pub(crate) stop: CancellationToken,
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    api: Api,
+    cors_origins: &[String],
+) -> std::io::Result<()> {
+    let api = Arc::new(api);
+    let stop = api.stop.clone();
+    let limit = api.max_push_body;
     // Backend routes need the API key; nodes, health and metrics are for
     // clients, balancers and scrapers.
     let backend = Router::new()
@@ -36,7 +62,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Re
         .route("/{style}/online/top", get(online_top))
         .route("/{style}/online/room", get(online_room))
         .route("/{style}/online/total", get(online_total))
-        .route_layer(middleware::from_fn_with_state(node.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_key));
     let app = Router::new()
         .merge(backend)
         .route("/im/dev/token", get(dev_token))
@@ -46,11 +72,11 @@ pub(crate) async fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Re
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::map_response_with_state(
-            node.clone(),
-            count_refusals,
+            api.clone(),
+            refuse_too_large,
         ))
-        .layer(cors(&node.config.cors_origins))
-        .with_state(node);
+        .layer(cors(cors_origins))
+        .with_state(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -70,21 +96,30 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
 }
 
-/// Counts push bodies refused by `max_push_body` (axum answers them 413).
-async fn count_refusals(State(node): State<Arc<Node>>, response: Response) -> Response {
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        node.metrics.limit_hit("push_body");
+/// Push bodies over `max_push_body`: axum's body limit refuses them in
+/// plain text; they get the API's JSON answer instead, and are counted.
+async fn refuse_too_large(State(api): State<Arc<Api>>, response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
     }
-    response
+    api.metrics.limit_hit("push_body");
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is over max_push_body ({} bytes): send less, or raise the limit",
+            api.max_push_body
+        ),
+    )
+    .into_response()
 }
 
 /// Refuses backend calls without the API key (401).
-async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+async fn require_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    if node.api_key.accepts(presented) {
+    if api.api_key.accepts(presented) {
         next.run(request).await
     } else {
         ApiError::new(
@@ -231,32 +266,31 @@ impl Params {
     }
 
     /// `type` + `room` -> `type://room`; a full `type://id` room is taken as is.
-    fn room(&self) -> Result<String, ApiError> {
+    fn room(&self) -> Result<RoomId, ApiError> {
         let room = self.first("room").unwrap_or("");
-        if room.contains("://") {
-            return Ok(room.to_owned());
-        }
-        match (self.first("type"), room) {
-            (Some(kind), room) if !room.is_empty() => Ok(format!("{kind}://{room}")),
-            _ => Err(ApiError::bad("type and room are required")),
-        }
+        let parsed = match (self.first("type"), room) {
+            (_, room) if room.contains("://") => RoomId::parse(room),
+            (Some(kind), room) if !room.is_empty() => RoomId::from_parts(kind, room),
+            _ => return Err(ApiError::bad("type and room are required")),
+        };
+        parsed.map_err(|err| ApiError::bad(err.to_string()))
     }
 }
 
 async fn push(
-    node: &Node,
+    pusher: &Pusher,
     kind: &str,
     params: &Params,
     msg: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let message = Message::new(params.number("operation")?, msg)?;
     let delivered = match kind {
-        "keys" => node.push_keys(params.list("keys"), message).await?,
-        "mids" => node.push_mids(params.mids()?, message).await?,
-        "room" => node.push_room(params.room()?, message).await?,
+        "keys" => pusher.push_keys(params.list("keys"), message).await?,
+        "mids" => pusher.push_mids(params.mids()?, message).await?,
+        "room" => pusher.push_room(params.room()?, message).await?,
         "all" => {
             let speed = params.number("speed")?.unwrap_or(0);
-            node.push_all(speed, message).await?
+            pusher.push_all(speed, message).await?
         }
         other => {
             return Err(ApiError::new(
@@ -270,7 +304,7 @@ async fn push(
 
 /// im-cloud style: parameters and `msg` from the query, a form or JSON.
 async fn push_im(
-    State(node): State<Arc<Node>>,
+    State(api): State<Arc<Api>>,
     Path(kind): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -287,17 +321,23 @@ async fn push_im(
         params.add_form(&body);
     }
     let msg = Bytes::from(params.first("msg").unwrap_or("").to_owned());
-    push(&node, &kind, &params, msg).await
+    push(&api.pusher, &kind, &params, msg).await
 }
 
 /// goim style: parameters from the query, the message is the raw body.
 async fn push_goim(
-    State(node): State<Arc<Node>>,
+    State(api): State<Arc<Api>>,
     Path(kind): Path<String>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    push(&node, &kind, &Params::from_query(query.as_deref()), body).await
+    push(
+        &api.pusher,
+        &kind,
+        &Params::from_query(query.as_deref()),
+        body,
+    )
+    .await
 }
 
 #[derive(Serialize)]
@@ -308,14 +348,14 @@ struct Top {
 
 /// The busiest rooms of one type (goim's `online/top`).
 async fn online_top(
-    State(node): State<Arc<Node>>,
+    State(api): State<Arc<Api>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::from_query(query.as_deref());
     let kind = params.room_type()?;
     let limit: usize = params.number("limit")?.unwrap_or(10).min(1000);
     let prefix = format!("{kind}://");
-    let online = node.store.online().await?;
+    let online = api.store.online().await?;
     let mut top: Vec<Top> = online
         .rooms
         .into_iter()
@@ -338,7 +378,7 @@ async fn online_top(
 
 /// Counts of the named rooms of one type (goim's `online/room`).
 async fn online_room(
-    State(node): State<Arc<Node>>,
+    State(api): State<Arc<Api>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::from_query(query.as_deref());
@@ -347,7 +387,7 @@ async fn online_room(
     if rooms.is_empty() {
         return Err(ApiError::bad("rooms is required"));
     }
-    let online = node.store.online().await?;
+    let online = api.store.online().await?;
     let counts: HashMap<String, i32> = rooms
         .into_iter()
         .map(|room| {
@@ -363,8 +403,8 @@ async fn online_room(
 }
 
 /// Cluster totals: connections in rooms, rooms, reporting cloud nodes.
-async fn online_total(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
-    let online = node.store.online().await?;
+async fn online_total(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
+    let online = api.store.online().await?;
     Ok(ok(json!({
         "conn_count": online.servers.values().sum::<i64>(),
         "room_count": online.rooms.len(),
@@ -372,18 +412,18 @@ async fn online_total(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiE
     })))
 }
 
-async fn nodes(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
-    Ok(ok(nodes_advice(&node).await?))
+async fn nodes(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
+    Ok(ok(api.advisor.advice().await?))
 }
 
 /// `GET /im/dev/token?mid=&room=&accepts=`: a one-hour token signed with
 /// the development secret, for the demo page and first steps. Refused (404)
 /// unless logic runs with that secret, which it only does on loopback.
 async fn dev_token(
-    State(node): State<Arc<Node>>,
+    State(api): State<Arc<Api>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    if !node.dev_tokens {
+    if !api.dev_tokens {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "development tokens exist only while logic uses the development secret; sign tokens in your backend",
@@ -406,7 +446,12 @@ async fn dev_token(
         .map_or(0, |since| since.as_secs());
     let claims = Claims {
         mid: Some(mid),
-        room_id: params.first("room").unwrap_or_default().to_owned(),
+        room_id: match params.first("room") {
+            Some(room) => RoomId::parse(room)
+                .map_err(|err| ApiError::bad(err.to_string()))?
+                .to_string(),
+            None => String::new(),
+        },
         platform: params.first("platform").unwrap_or("web").to_owned(),
         accepts,
         exp: now + DEV_TOKEN_TTL.as_secs(),
@@ -420,18 +465,18 @@ async fn dev_token(
 /// How long a development token lasts.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.stop.is_cancelled() {
+async fn health(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    if api.stop.is_cancelled() {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response()
     } else {
         ok("serving").into_response()
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, imcloud_telemetry::CONTENT_TYPE)],
-        node.metrics.render(),
+        api.metrics.render(),
     )
 }
 
@@ -474,6 +519,11 @@ mod tests {
             Some("live://7")
         );
         assert!(Params::from_query(Some("room=1000")).room().is_err());
+        let bad = Params::from_query(Some("type=Live&room=1"))
+            .room()
+            .expect_err("bad type");
+        assert!(bad.message.contains("room type"), "{}", bad.message);
+        assert!(Params::from_query(Some("room=live://")).room().is_err());
         assert!(Params::from_query(Some("mids=x")).mids().is_err());
     }
 }

@@ -18,6 +18,7 @@ mod router;
 mod session;
 mod timed_store;
 mod verifier;
+mod webhook;
 
 pub use config::{
     DEVELOPMENT_SECRET, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind, TokenWebhookConfig,

@@ -1,10 +1,10 @@
 //! The in-memory session store, for a single logic node.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use crate::session::{Online, SessionStore, StoreError};
@@ -15,6 +15,8 @@ pub struct MemoryStore {
     state: Mutex<State>,
     ttl: Duration,
     online_ttl: Duration,
+    /// New with every store: a restarted logic node has lost every session.
+    epoch: String,
 }
 
 #[derive(Debug, Default)]
@@ -41,11 +43,12 @@ impl MemoryStore {
             state: Mutex::new(State::default()),
             ttl,
             online_ttl,
+            epoch: uuid::Uuid::new_v4().to_string(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Drops expired sessions, at most once per quarter TTL, so memory
@@ -109,6 +112,17 @@ impl SessionStore for MemoryStore {
     async fn renew(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
         self.put(mid, key, server);
         Ok(())
+    }
+
+    async fn renew_many(&self, server: &str, sessions: &[(i64, String)]) -> Result<(), StoreError> {
+        for (mid, key) in sessions {
+            self.put(*mid, key, server);
+        }
+        Ok(())
+    }
+
+    async fn epoch(&self) -> Result<String, StoreError> {
+        Ok(self.epoch.clone())
     }
 
     async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {

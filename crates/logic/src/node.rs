@@ -1,4 +1,6 @@
-//! The logic node: its shared state, and its life from start to stop.
+//! The logic node's composition root: builds its parts (the store, the
+//! pusher, the APIs), gives each one what it uses, and runs the node until
+//! it stops. Nothing else in the crate imports it.
 
 use std::sync::Arc;
 
@@ -12,14 +14,18 @@ use tracing::{info, warn};
 use crate::config::{
     ConfigError, DEVELOPMENT_SECRET, JwtAlgorithm, LogicConfig, SessionStoreKind, VerifierKind,
 };
+use crate::grpc::LogicService;
+use crate::http::Api;
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
+use crate::nodes::Advisor;
+use crate::push::Pusher;
 use crate::redis_store::RedisStore;
 use crate::router::Clouds;
-use crate::session::SessionStore;
-use crate::session::StoreError;
+use crate::session::{SessionStore, StoreError};
 use crate::timed_store::TimedStore;
 use crate::verifier::{InsecureJson, Jwt, TokenVerifier, Webhook};
+use crate::webhook::ReceiveWebhook;
 use crate::{grpc, http};
 
 /// The sockets a logic node serves, bound by the caller.
@@ -63,26 +69,11 @@ pub enum LogicError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// State every part of the node shares.
-pub(crate) struct Node {
-    pub(crate) config: LogicConfig,
-    pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) verifier: Arc<dyn TokenVerifier>,
-    pub(crate) clouds: Clouds,
-    pub(crate) metrics: Arc<Metrics>,
-    /// Whether `GET /im/dev/token` mints tokens: only with the development
-    /// secret, which only ever listens on loopback.
-    pub(crate) dev_tokens: bool,
-    pub(crate) webhook: reqwest::Client,
-    /// Required from backends and cloud nodes.
-    pub(crate) api_key: ApiKey,
-    /// Cancelled to stop the node (shutdown or `Close`).
-    pub(crate) stop: CancellationToken,
-}
-
 /// A running logic node.
 pub struct Logic {
-    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    /// Cancelled to stop the node (shutdown or `Close`).
+    stop: CancellationToken,
     task: JoinHandle<Result<(), LogicError>>,
 }
 
@@ -143,36 +134,66 @@ impl Logic {
             http = %listeners.http.local_addr()?,
             "logic node serving"
         );
-        let node = Arc::new(Node {
-            clouds: Clouds::new(
-                discovery.watch(CLOUD_SERVICE),
-                config.call_timeout,
-                key.interceptor(),
-            ),
-            api_key: key,
-            webhook: reqwest::Client::builder()
-                .timeout(config.call_timeout)
-                .build()
-                .unwrap_or_default(),
-            store,
-            verifier,
-            metrics,
-            dev_tokens,
-            stop: shutdown.child_token(),
-            config,
+        let store: Arc<dyn SessionStore> = store;
+        let clouds = Arc::new(Clouds::new(
+            discovery.watch(CLOUD_SERVICE),
+            config.call_timeout,
+            key.clone(),
+        ));
+        let pusher = Arc::new(Pusher::new(
+            store.clone(),
+            clouds.clone(),
+            metrics.clone(),
+            config.max_push_targets,
+        ));
+        let advisor = Arc::new(Advisor {
+            store: store.clone(),
+            clouds,
+            heartbeat: config.heartbeat,
         });
-        let task = tokio::spawn(serve(node.clone(), listeners));
-        Ok(Logic { node, task })
+        let stop = shutdown.child_token();
+        let grpc = LogicService {
+            verifier,
+            store: store.clone(),
+            pusher: pusher.clone(),
+            advisor: advisor.clone(),
+            metrics: metrics.clone(),
+            receive_webhook: config.receive_webhook.clone().map(|url| ReceiveWebhook {
+                url,
+                client: reqwest::Client::builder()
+                    .timeout(config.call_timeout)
+                    .build()
+                    .unwrap_or_default(),
+            }),
+            heartbeat: config.heartbeat,
+            stop: stop.clone(),
+        };
+        let http = Api {
+            pusher,
+            store,
+            advisor,
+            metrics: metrics.clone(),
+            api_key: key.clone(),
+            dev_tokens,
+            max_push_body: config.max_push_body,
+            stop: stop.clone(),
+        };
+        let task = tokio::spawn(serve(listeners, grpc, http, key, config.cors_origins));
+        Ok(Logic {
+            metrics,
+            stop,
+            task,
+        })
     }
 
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.node.metrics
+        &self.metrics
     }
 
     /// Cancelled when the node starts stopping: the moment to deregister.
     pub fn stopping(&self) -> CancellationToken {
-        self.node.stop.clone()
+        self.stop.clone()
     }
 
     /// Waits until the node has stopped.
@@ -237,9 +258,15 @@ pub async fn run(
     Logic::start(listeners, config, shutdown)?.wait().await
 }
 
-async fn serve(node: Arc<Node>, listeners: Listeners) -> Result<(), LogicError> {
-    let grpc = tokio::spawn(grpc::serve(listeners.grpc, node.clone()));
-    let http = tokio::spawn(http::serve(listeners.http, node.clone()));
+async fn serve(
+    listeners: Listeners,
+    grpc: LogicService,
+    http: Api,
+    key: ApiKey,
+    cors_origins: Vec<String>,
+) -> Result<(), LogicError> {
+    let grpc = tokio::spawn(grpc::serve(listeners.grpc, grpc, key));
+    let http = tokio::spawn(async move { http::serve(listeners.http, http, &cors_origins).await });
     grpc.await??;
     http.await??;
     info!("logic node stopped");

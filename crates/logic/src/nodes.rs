@@ -1,12 +1,15 @@
 //! Which cloud nodes a client should connect to: least loaded first, with
 //! heartbeat and reconnect backoff advice.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::Serialize;
 
 use imcloud_proto::logic::{Backoff as ProtoBackoff, NodesReply};
 
-use crate::node::Node;
-use crate::session::StoreError;
+use crate::router::Clouds;
+use crate::session::{SessionStore, StoreError};
 
 /// Reconnect backoff advice, in seconds (gRPC-style exponential backoff).
 #[derive(Debug, Serialize)]
@@ -36,9 +39,23 @@ pub(crate) struct NodesAdvice {
     pub(crate) backoff: Backoff,
 }
 
-pub(crate) async fn nodes_advice(node: &Node) -> Result<NodesAdvice, StoreError> {
-    let online = node.store.online().await?;
-    let mut nodes: Vec<ClientNode> = node
+/// Answers which cloud nodes clients should use.
+pub(crate) struct Advisor {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) clouds: Arc<Clouds>,
+    /// The heartbeat interval clients are told.
+    pub(crate) heartbeat: Duration,
+}
+
+impl Advisor {
+    pub(crate) async fn advice(&self) -> Result<NodesAdvice, StoreError> {
+        nodes_advice(self).await
+    }
+}
+
+async fn nodes_advice(advisor: &Advisor) -> Result<NodesAdvice, StoreError> {
+    let online = advisor.store.online().await?;
+    let mut nodes: Vec<ClientNode> = advisor
         .clouds
         .nodes()
         .into_iter()
@@ -55,7 +72,7 @@ pub(crate) async fn nodes_advice(node: &Node) -> Result<NodesAdvice, StoreError>
         })
         .collect();
     nodes.sort_by(|a, b| a.load.cmp(&b.load).then_with(|| a.id.cmp(&b.id)));
-    let heartbeat = node.config.heartbeat.as_secs() as i32;
+    let heartbeat = advisor.heartbeat.as_secs() as i32;
     Ok(NodesAdvice {
         nodes,
         heartbeat,

@@ -3,18 +3,18 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Proto, PushMsgReq};
+use imcloud_protocol::RoomId;
 use serde::Serialize;
-use tonic::transport::Channel;
 use tracing::{debug, warn};
 
-use crate::node::Node;
-use crate::router::Fanout;
-use crate::session::StoreError;
+use crate::metrics::Metrics;
+use crate::router::{CloudClient, Clouds, NodeResult};
+use crate::session::{SessionStore, StoreError};
 
 /// The op clients receive when a push names none.
 pub const DEFAULT_OPERATION: i32 = 1000;
@@ -84,40 +84,74 @@ impl Message {
             ver: 1,
             op: self.operation,
             seq: 0,
-            body: self.body.to_vec(),
+            body: self.body.clone(),
         }
     }
 }
 
-fn settle(fanout: Fanout, keys: Option<usize>, wanted: usize) -> Result<Delivered, PushError> {
-    if wanted > 0 && fanout.reached == 0 {
-        let why = if fanout.failed.is_empty() {
-            "no cloud node is known".to_owned()
-        } else {
-            fanout.failed.join("; ")
-        };
-        return Err(PushError::NoCloudReachable(why));
+/// The answer of a push, from what each node did with its call: `keys`
+/// counts the keys handed to the nodes that took them (pushes by key or
+/// mid). Fails when nodes were concerned and none took it.
+fn settle(results: Vec<NodeResult<Vec<String>>>, count_keys: bool) -> Result<Delivered, PushError> {
+    let mut delivered = Delivered {
+        keys: count_keys.then_some(0),
+        ..Delivered::default()
+    };
+    let concerned = results.len();
+    for result in results {
+        match result.outcome {
+            Ok(()) => {
+                delivered.nodes += 1;
+                if let Some(keys) = &mut delivered.keys {
+                    *keys += result.handed.len();
+                }
+            }
+            Err(why) => delivered.failed.push(format!("{}: {why}", result.node)),
+        }
     }
-    if !fanout.failed.is_empty() {
-        warn!(failed = ?fanout.failed, "push reached only some cloud nodes");
+    if concerned > 0 && delivered.nodes == 0 {
+        return Err(PushError::NoCloudReachable(delivered.failed.join("; ")));
     }
-    Ok(Delivered {
-        nodes: fanout.reached,
-        keys: keys.map(|_| fanout.targets),
-        failed: fanout.failed,
-    })
+    if !delivered.failed.is_empty() {
+        warn!(failed = ?delivered.failed, "push reached only some cloud nodes");
+    }
+    Ok(delivered)
 }
 
-impl Node {
+/// Turns backend pushes into calls on the cloud nodes concerned. The HTTP
+/// API, the gRPC API (and later ways in) all hold one.
+pub(crate) struct Pusher {
+    store: Arc<dyn SessionStore>,
+    clouds: Arc<Clouds>,
+    metrics: Arc<Metrics>,
+    /// Most keys or mids in one push.
+    max_targets: usize,
+}
+
+impl Pusher {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        clouds: Arc<Clouds>,
+        metrics: Arc<Metrics>,
+        max_targets: usize,
+    ) -> Self {
+        Pusher {
+            store,
+            clouds,
+            metrics,
+            max_targets,
+        }
+    }
+
     fn check_targets(&self, count: usize, what: &str) -> Result<(), PushError> {
         if count == 0 {
             return Err(PushError::BadRequest(format!("{what} must not be empty")));
         }
-        if count > self.config.max_push_targets {
+        if count > self.max_targets {
             self.metrics.limit_hit("push_targets");
             return Err(PushError::BadRequest(format!(
                 "{count} {what} in one push; the limit is {}",
-                self.config.max_push_targets
+                self.max_targets
             )));
         }
         Ok(())
@@ -159,21 +193,21 @@ impl Node {
         let mut targets = Vec::new();
         for (server, keys) in by_server {
             match nodes.iter().find(|node| node.id == server) {
-                Some(node) => {
-                    let count = keys.len();
-                    targets.push((node.clone(), keys, count));
-                }
-                None => unknown.push(format!("{server}: not a known cloud node")),
+                Some(node) => targets.push((node.clone(), keys)),
+                None => unknown.push(NodeResult {
+                    node: server,
+                    handed: keys,
+                    outcome: Err("not a known cloud node".to_owned()),
+                }),
             }
         }
-        let wanted = targets.len() + unknown.len();
         debug!(
             nodes = targets.len(),
             op = message.operation,
             "push to keys"
         );
         let proto = message.proto();
-        let mut fanout = self
+        let mut results = self
             .clouds
             .fan_out(targets, |mut client, keys| {
                 let request = PushMsgReq {
@@ -182,32 +216,27 @@ impl Node {
                     proto_op: 0,
                     proto: Some(proto.clone()),
                 };
-                let request = self.clouds.request(request);
                 async move { client.push_msg(request).await.map(drop) }
             })
             .await;
-        fanout.failed.extend(unknown);
-        self.metrics.pushed("keys", fanout.targets);
-        settle(fanout, Some(0), wanted)
+        results.extend(unknown);
+        let delivered = settle(results, true)?;
+        self.metrics.pushed("keys", delivered.keys.unwrap_or(0));
+        Ok(delivered)
     }
 
     /// Pushes to a room on every cloud node.
     pub(crate) async fn push_room(
         &self,
-        room: String,
+        room: RoomId,
         message: Message,
     ) -> Result<Delivered, PushError> {
-        if room.is_empty() || !room.contains("://") || room.ends_with("://") {
-            return Err(PushError::BadRequest(
-                "type and room are required".to_owned(),
-            ));
-        }
         let proto = message.proto();
         self.to_every_node("room", |mut client| {
-            let request = self.clouds.request(BroadcastRoomReq {
-                room_id: room.clone(),
+            let request = BroadcastRoomReq {
+                room_id: room.to_string(),
                 proto: Some(proto.clone()),
-            });
+            };
             async move { client.broadcast_room(request).await.map(drop) }
         })
         .await
@@ -229,11 +258,11 @@ impl Node {
         };
         let proto = message.proto();
         self.to_every_node("all", |mut client| {
-            let request = self.clouds.request(BroadcastReq {
+            let request = BroadcastReq {
                 proto_op: message.operation,
                 proto: Some(proto.clone()),
                 speed: share,
-            });
+            };
             async move { client.broadcast(request).await.map(drop) }
         })
         .await
@@ -247,21 +276,23 @@ impl Node {
         call: F,
     ) -> Result<Delivered, PushError>
     where
-        F: Fn(CloudClient<Channel>) -> Fut,
+        F: Fn(CloudClient) -> Fut,
         Fut: Future<Output = Result<(), tonic::Status>>,
     {
         let targets: Vec<_> = self
             .clouds
             .nodes()
             .into_iter()
-            .map(|node| (node, (), 0))
+            .map(|node| (node, Vec::new()))
             .collect();
-        let wanted = targets.len().max(1);
-        let fanout = self
-            .clouds
-            .fan_out(targets, |client, ()| call(client))
-            .await;
-        self.metrics.pushed(kind, fanout.reached);
-        settle(fanout, None, wanted)
+        if targets.is_empty() {
+            return Err(PushError::NoCloudReachable(
+                "no cloud node is known".to_owned(),
+            ));
+        }
+        let results = self.clouds.fan_out(targets, |client, _| call(client)).await;
+        let delivered = settle(results, false)?;
+        self.metrics.pushed(kind, delivered.nodes);
+        Ok(delivered)
     }
 }

@@ -105,6 +105,10 @@ impl RedisStore {
         format!("{}ol_{server}", self.prefix)
     }
 
+    fn epoch_key(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
     fn servers_key(&self) -> String {
         format!("{}ol_servers", self.prefix)
     }
@@ -198,6 +202,44 @@ impl SessionStore for RedisStore {
     async fn renew(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError> {
         // Writing again renews the TTL and re-adds a mapping that expired.
         self.put(mid, key, server).await
+    }
+
+    async fn renew_many(&self, server: &str, sessions: &[(i64, String)]) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        for (mid, key) in sessions {
+            let mid_key = self.mid_key(*mid);
+            pipe.hset(&mid_key, key, server)
+                .ignore()
+                .expire(&mid_key, ttl as i64)
+                .ignore()
+                .set_ex(self.key_key(key), server, ttl)
+                .ignore();
+        }
+        self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
+            .await
+    }
+
+    async fn epoch(&self) -> Result<String, StoreError> {
+        // `SET NX` then `GET`, in one round trip: the first logic node to
+        // ask after Redis came back empty names the new epoch, and every
+        // other logic node reads the same one.
+        let name = self.epoch_key();
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let (epoch,): (String,) = self
+            .run(async |mut conn| {
+                redis::pipe()
+                    .set_nx(&name, &fresh)
+                    .ignore()
+                    .get(&name)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(epoch)
     }
 
     async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {

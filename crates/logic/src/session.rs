@@ -34,6 +34,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Extends the session's TTL, re-adding it if it had expired.
     async fn renew(&self, mid: i64, key: &str, server: &str) -> Result<(), StoreError>;
 
+    /// Renews (or re-adds) many sessions of one server in one batch: a cloud
+    /// node re-registering everything it holds after the store lost it.
+    async fn renew_many(&self, server: &str, sessions: &[(i64, String)]) -> Result<(), StoreError>;
+
+    /// The store's current life: a value that changes whenever the store
+    /// has lost its sessions (a memory store is new with every process;
+    /// Redis gets a new one when it comes back empty). Cloud nodes watch it
+    /// and re-register their sessions when it changes.
+    async fn epoch(&self) -> Result<String, StoreError>;
+
     /// The server of each known key, as `(key, server)`.
     async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError>;
 

@@ -49,6 +49,15 @@ impl SessionStore for TimedStore {
         self.time("renew", self.inner.renew(mid, key, server)).await
     }
 
+    async fn renew_many(&self, server: &str, sessions: &[(i64, String)]) -> Result<(), StoreError> {
+        self.time("renew_many", self.inner.renew_many(server, sessions))
+            .await
+    }
+
+    async fn epoch(&self) -> Result<String, StoreError> {
+        self.time("epoch", self.inner.epoch()).await
+    }
+
     async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         self.time("servers_of_keys", self.inner.servers_of_keys(keys))
             .await

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use imcloud_protocol::RoomId;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -15,9 +16,9 @@ pub struct Identity {
     /// The connection key; logic generates one when absent.
     #[serde(default)]
     pub key: Option<String>,
-    /// The room to join at auth (`type://id`), empty for none.
-    #[serde(default)]
-    pub room_id: String,
+    /// The room to join at auth (`""` in a token for none).
+    #[serde(default, with = "imcloud_protocol::room::optional")]
+    pub room_id: Option<RoomId>,
     /// The client's platform (`web`, `ios`...).
     #[serde(default)]
     pub platform: String,
@@ -64,12 +65,6 @@ fn checked(identity: Identity) -> Result<Identity, VerifyError> {
         return Err(VerifyError::Refused(
             "key must not be empty when given".to_owned(),
         ));
-    }
-    if !identity.room_id.is_empty() && !identity.room_id.contains("://") {
-        return Err(VerifyError::Refused(format!(
-            "room_id {:?} must look like type://id",
-            identity.room_id
-        )));
     }
     Ok(identity)
 }
@@ -191,10 +186,14 @@ impl TokenVerifier for Jwt {
                 .map_err(|_| VerifyError::Malformed(format!("sub {sub:?} is not a user id")))?,
             (None, None) => return Err(VerifyError::Malformed("no mid or sub claim".to_owned())),
         };
+        let room_id = match claims.room_id.as_str() {
+            "" => None,
+            room => Some(RoomId::parse(room).map_err(|err| VerifyError::Refused(err.to_string()))?),
+        };
         checked(Identity {
             mid,
             key: claims.key,
-            room_id: claims.room_id,
+            room_id,
             platform: claims.platform,
             accepts: claims.accepts,
         })

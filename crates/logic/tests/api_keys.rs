@@ -60,7 +60,7 @@ async fn pushes_need_the_key_and_nodes_pass_it_to_each_other() {
         .expect("connect");
     let status = LogicClient::new(channel)
         .push_all(PushAllReq {
-            msg: b"x".to_vec(),
+            msg: b"x".to_vec().into(),
             operation: 1000,
             speed: 0,
         })

@@ -227,7 +227,7 @@ async fn a_mid_push_reaches_devices_on_two_cloud_nodes() {
     let reply = logic
         .push_mids(PushMidsReq {
             mids: vec!["9".into()],
-            msg: b"grpc".to_vec(),
+            msg: b"grpc".to_vec().into(),
             operation: 1010,
         })
         .await
@@ -246,7 +246,7 @@ async fn a_mid_push_reaches_devices_on_two_cloud_nodes() {
     let status = logic
         .push_mids(PushMidsReq {
             mids: vec!["nine".into()],
-            msg: b"x".to_vec(),
+            msg: b"x".to_vec().into(),
             operation: 0,
         })
         .await
@@ -310,6 +310,17 @@ async fn push_limits_refuse_oversized_requests_and_count_them() {
         .await
         .expect("post");
     assert_eq!(response.status(), 413);
+    let answer: serde_json::Value = response
+        .json()
+        .await
+        .expect("a JSON answer, as docs/api.md says");
+    assert_eq!(answer["code"], 413, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_push_body") && m.contains("64")),
+        "{answer}"
+    );
     let (_, metrics) = {
         let response = cluster
             .web
@@ -327,4 +338,21 @@ async fn push_limits_refuse_oversized_requests_and_count_them() {
         metrics.contains("imcloud_logic_limits_hit_total{kind=\"push_body\"} 1"),
         "{metrics}"
     );
+}
+
+/// A logic node on the memory store restarts empty: the cloud node notices
+/// (logic's store epoch changed) and registers every session again at once,
+/// so pushes by mid reach a connected client that never renews by itself
+/// (its renewal would be a minute away).
+#[tokio::test]
+async fn sessions_come_back_by_themselves_after_logic_restarts() {
+    let mut cluster = cluster(1, |_| {}).await;
+    let mut client = cluster.ws(0, token(5, Some("k5"), "", &[])).await;
+    let (_, before) = cluster.post_form("/im/push/mids", "mids=5&msg=one").await;
+    assert_eq!(before["data"]["keys"], 1, "{before}");
+    assert_eq!(&client.recv_push().await.expect("one").body[..], b"one");
+
+    cluster.restart_logic(0).await;
+    cluster.push_until_routed(0, 5, "back").await;
+    assert_eq!(&client.recv_push().await.expect("back").body[..], b"back");
 }

@@ -4,10 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use common::{cluster_of, token};
 use imcloud_client::{Client, ClientError};
 use imcloud_logic::SessionStoreKind;
+use imcloud_testkit::RedisServer;
 
 async fn shared_cluster(redis: &RedisServer) -> common::Cluster {
     let url = redis.url.clone();
@@ -88,4 +88,22 @@ async fn redis_down_is_a_503_with_the_reason_and_its_return_heals() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(&again.recv_push().await.expect("push").body[..], b"back");
+}
+
+/// Redis comes back empty (restarted without persistence): every cloud node
+/// registers its sessions again, through either logic node, so pushes by
+/// mid reach the connected clients without waiting for their renewals.
+#[tokio::test]
+async fn sessions_come_back_by_themselves_after_redis_comes_back_empty() {
+    let mut redis = RedisServer::start();
+    let cluster = shared_cluster(&redis).await;
+    let mut on_a = cluster.ws(0, token(5, Some("a5"), "", &[])).await;
+    let mut on_b = cluster.tcp(1, token(6, Some("b6"), "", &[])).await;
+
+    redis.kill();
+    redis.restart();
+    cluster.push_until_routed(1, 5, "back-a").await;
+    cluster.push_until_routed(0, 6, "back-b").await;
+    assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"back-a");
+    assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"back-b");
 }

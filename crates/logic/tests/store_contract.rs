@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use imcloud_logic::{MemoryStore, RedisStore, SessionStore};
+use imcloud_testkit::{RedisServer, eventually};
 
 const TTL: Duration = Duration::from_secs(1);
 const ONLINE_TTL: Duration = Duration::from_secs(1);
@@ -20,19 +20,6 @@ fn sorted(mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
 
 fn pair(key: &str, server: &str) -> (String, String) {
     (key.to_owned(), server.to_owned())
-}
-
-/// Waits (up to 5 s) until `check` holds: expiry is the store's business
-/// and has no event to await.
-async fn until(what: &str, check: impl AsyncFn() -> bool) {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    for _ in 0..100 {
-        tick.tick().await;
-        if check().await {
-            return;
-        }
-    }
-    panic!("{what} did not happen within 5 s");
 }
 
 async fn contract(store: Arc<dyn SessionStore>) {
@@ -79,7 +66,7 @@ async fn contract(store: Arc<dyn SessionStore>) {
     assert!(store.keys_of_mids(&[2]).await.expect("mids").is_empty());
 
     // Sessions of a node that stops renewing expire; renewing re-adds.
-    until("session expiry", async || {
+    eventually("session expiry", async || {
         store.keys_of_mids(&[1]).await.expect("mids").is_empty()
     })
     .await;
@@ -88,6 +75,20 @@ async fn contract(store: Arc<dyn SessionStore>) {
         store.keys_of_mids(&[1]).await.expect("mids"),
         [pair("phone", "cloud-a")]
     );
+
+    // A node re-registers many sessions at once; the epoch stays while the
+    // store keeps its sessions.
+    let epoch = store.epoch().await.expect("epoch");
+    assert!(!epoch.is_empty());
+    store
+        .renew_many("cloud-c", &[(7, "k7".to_owned()), (8, "k8".to_owned())])
+        .await
+        .expect("renew many");
+    assert_eq!(
+        sorted(store.keys_of_mids(&[7, 8]).await.expect("mids")),
+        [pair("k7", "cloud-c"), pair("k8", "cloud-c")]
+    );
+    assert_eq!(store.epoch().await.expect("epoch"), epoch);
 
     // Online counts merge over nodes; a node that stops reporting drops out.
     let rooms = |n| HashMap::from([("live://1".to_owned(), n), ("live://2".to_owned(), 1)]);
@@ -103,7 +104,7 @@ async fn contract(store: Arc<dyn SessionStore>) {
     assert_eq!(online.rooms["live://1"], 7);
     assert_eq!(online.rooms["live://2"], 2);
     assert_eq!(online.servers["cloud-a"], 4);
-    until("stale counts dropping out", async || {
+    eventually("stale counts dropping out", async || {
         store
             .report_online("cloud-b", rooms(4))
             .await
@@ -125,6 +126,39 @@ async fn redis_store_keeps_the_contract() {
     let store = RedisStore::new(&redis.url, "test:", TTL, ONLINE_TTL, Duration::from_secs(1))
         .expect("store");
     contract(Arc::new(store)).await;
+}
+
+/// Redis restarted without persistence has lost every session: the epoch
+/// every logic node reads changes (once), so cloud nodes re-register.
+#[tokio::test]
+async fn the_redis_epoch_changes_when_redis_comes_back_empty() {
+    let mut redis = RedisServer::start();
+    let store = |prefix| {
+        RedisStore::new(&redis.url, prefix, TTL, ONLINE_TTL, Duration::from_secs(1)).expect("store")
+    };
+    let (one, two) = (store("e:"), store("e:"));
+    let before = one.epoch().await.expect("epoch");
+    assert_eq!(
+        two.epoch().await.expect("epoch"),
+        before,
+        "one epoch per Redis"
+    );
+    redis.kill();
+    redis.restart();
+    // The first call on a connection Redis dropped fails; the next reconnects.
+    let mut after = Vec::new();
+    for store in [&two, &one] {
+        eventually("redis back", async || match store.epoch().await {
+            Ok(epoch) => {
+                after.push(epoch);
+                true
+            }
+            Err(_) => false,
+        })
+        .await;
+    }
+    assert_ne!(after[0], before);
+    assert_eq!(after[0], after[1], "every logic node reads the new epoch");
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ mod codec;
 mod error;
 mod op;
 mod packet;
+pub mod room;
 
 pub use batch::{BatchBuilder, BatchIter, BatchRuns, batch_header, batch_runs};
 pub use close::{CloseBody, CloseReason};
@@ -24,3 +25,4 @@ pub use codec::PacketCodec;
 pub use error::ProtocolError;
 pub use op::Op;
 pub use packet::{DEFAULT_MAX_BODY, EncodedPacket, HEADER_LEN, MAX_PACKET_LEN, Packet, VERSION};
+pub use room::{BadRoomId, MAX_ROOM_LEN, RoomId};

@@ -1,5 +1,5 @@
-//! Test support for imcloud. Consul cannot be installed on the build
-//! machines, so [`ConsulServer`] implements the parts of Consul's HTTP API
+//! A server speaking Consul's HTTP API. Consul cannot be installed on the
+//! build machines, so [`ConsulServer`] implements the parts of Consul's HTTP API
 //! imcloud uses, following Consul's documented behaviour:
 //!
 //! - `PUT /v1/agent/service/register`: a service with one TTL check, which
@@ -18,7 +18,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -95,8 +97,8 @@ struct Inner {
 }
 
 impl Inner {
-    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
-        self.catalog.lock().unwrap_or_else(PoisonError::into_inner)
+    fn catalog(&self) -> parking_lot::MutexGuard<'_, Catalog> {
+        self.catalog.lock()
     }
 
     fn bump(&self) {

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+/// A redis-server child process, on its own Unix socket.
 pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,12 +68,15 @@ pub fn token(mid: i64, key: &str, room: &str, accepts: &[i32]) -> String {
 struct FakeLogic {
     events: mpsc::UnboundedSender<Event>,
     totals: Arc<Mutex<HashMap<String, i32>>>,
+    disconnect_delay: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
 impl Logic for FakeLogic {
     async fn ping(&self, _: Request<PingReq>) -> Result<Response<PingReply>, Status> {
-        Ok(Response::new(PingReply {}))
+        Ok(Response::new(PingReply {
+            epoch: "fake".to_owned(),
+        }))
     }
     async fn close(&self, _: Request<CloseReq>) -> Result<Response<CloseReply>, Status> {
         Ok(Response::new(CloseReply {}))
@@ -102,6 +106,8 @@ impl Logic for FakeLogic {
         request: Request<DisconnectReq>,
     ) -> Result<Response<DisconnectReply>, Status> {
         let request = request.into_inner();
+        let delay = self.disconnect_delay.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         let _ = self.events.send(Event::Disconnect {
             mid: request.mid,
             key: request.key,
@@ -137,14 +143,20 @@ impl Logic for FakeLogic {
     ) -> Result<Response<ReceiveReply>, Status> {
         let request = request.into_inner();
         let body = request.proto.map(|proto| proto.body).unwrap_or_default();
-        if body == b"fail" {
+        if body == b"fail"[..] {
             return Err(Status::internal("backend refused the message"));
         }
         let _ = self.events.send(Event::Receive {
             mid: request.mid,
-            body,
+            body: body.to_vec(),
         });
         Ok(Response::new(ReceiveReply {}))
+    }
+    async fn renew_sessions(
+        &self,
+        _: Request<RenewSessionsReq>,
+    ) -> Result<Response<RenewSessionsReply>, Status> {
+        Err(Status::unimplemented("renew_sessions"))
     }
     async fn nodes(&self, _: Request<NodesReq>) -> Result<Response<NodesReply>, Status> {
         Err(Status::unimplemented("nodes"))
@@ -169,6 +181,8 @@ pub struct LogicNode {
     pub events: mpsc::UnboundedReceiver<Event>,
     /// What `RenewOnline` answers as cluster totals.
     pub totals: Arc<Mutex<HashMap<String, i32>>>,
+    /// How long `Disconnect` takes to answer, in milliseconds (a slow logic).
+    pub disconnect_delay: Arc<AtomicU64>,
 }
 
 impl LogicNode {
@@ -177,9 +191,11 @@ impl LogicNode {
         let addr = listener.local_addr().expect("logic addr");
         let (tx, events) = mpsc::unbounded_channel();
         let totals = Arc::new(Mutex::new(HashMap::new()));
+        let disconnect_delay = Arc::new(AtomicU64::new(0));
         let service = FakeLogic {
             events: tx,
             totals: totals.clone(),
+            disconnect_delay: disconnect_delay.clone(),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -190,6 +206,7 @@ impl LogicNode {
             addr,
             events,
             totals,
+            disconnect_delay,
         }
     }
 
@@ -294,7 +311,7 @@ pub fn proto(op: i32, body: &[u8]) -> Proto {
         ver: 1,
         op,
         seq: 0,
-        body: body.to_vec(),
+        body: body.to_vec().into(),
     }
 }
 

@@ -3,8 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod redis;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -28,6 +26,15 @@ pub struct CloudNode {
     pub shutdown: CancellationToken,
 }
 
+/// A logic node of the cluster, restartable on the same addresses.
+pub struct LogicNode {
+    logic: Option<Logic>,
+    config: LogicConfig,
+    /// Its gRPC and HTTP addresses.
+    addrs: (SocketAddr, SocketAddr),
+    shutdown: CancellationToken,
+}
+
 pub struct Cluster {
     /// The first logic node's HTTP base URL and gRPC address.
     pub http: String,
@@ -35,14 +42,15 @@ pub struct Cluster {
     /// Every logic node's HTTP base URL.
     pub https: Vec<String>,
     pub clouds: Vec<CloudNode>,
-    _logics: Vec<Logic>,
-    shutdown: CancellationToken,
+    logics: Vec<LogicNode>,
     pub web: reqwest::Client,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        for logic in &self.logics {
+            logic.shutdown.cancel();
+        }
         for cloud in &self.clouds {
             cloud.shutdown.cancel();
         }
@@ -121,7 +129,6 @@ pub async fn cluster_keyed(
             shutdown,
         });
     }
-    let shutdown = CancellationToken::new();
     let mut started = Vec::new();
     for (i, listeners) in logic_listeners.into_iter().enumerate() {
         let mut config = LogicConfig {
@@ -133,15 +140,25 @@ pub async fn cluster_keyed(
             ..LogicConfig::default()
         };
         tweak(i, &mut config);
-        started.push(Logic::start(listeners, config, shutdown.clone()).expect("logic"));
+        let shutdown = CancellationToken::new();
+        let addrs = (
+            listeners.grpc.local_addr().expect("addr"),
+            listeners.http.local_addr().expect("addr"),
+        );
+        let logic = Logic::start(listeners, config.clone(), shutdown.clone()).expect("logic");
+        started.push(LogicNode {
+            logic: Some(logic),
+            config,
+            addrs,
+            shutdown,
+        });
     }
     Cluster {
         http: https[0].clone(),
         grpc: grpcs[0],
         https,
         clouds,
-        _logics: started,
-        shutdown,
+        logics: started,
         web: reqwest::Client::new(),
     }
 }
@@ -151,6 +168,38 @@ pub fn token(mid: i64, key: Option<&str>, room: &str, accepts: &[i32]) -> String
 }
 
 impl Cluster {
+    /// Stops logic node `i` and starts it again on the same addresses with
+    /// the same configuration: a memory store comes back empty.
+    pub async fn restart_logic(&mut self, i: usize) {
+        let node = &mut self.logics[i];
+        node.shutdown.cancel();
+        node.logic
+            .take()
+            .expect("running")
+            .wait()
+            .await
+            .expect("stopped");
+        let listeners = imcloud_logic::Listeners {
+            grpc: TcpListener::bind(node.addrs.0).await.expect("rebind grpc"),
+            http: TcpListener::bind(node.addrs.1).await.expect("rebind http"),
+        };
+        node.shutdown = CancellationToken::new();
+        node.logic = Some(
+            Logic::start(listeners, node.config.clone(), node.shutdown.clone()).expect("restart"),
+        );
+    }
+
+    /// Pushes `msg` to `mid` until a push finds the user's session, as it
+    /// must once the cloud nodes have registered their sessions again.
+    pub async fn push_until_routed(&self, logic: usize, mid: i64, msg: &str) {
+        let form = format!("mids={mid}&msg={msg}");
+        imcloud_testkit::eventually("a push by mid routed to the user", async || {
+            let (status, body) = self.post_form_to(logic, "/im/push/mids", &form).await;
+            status == 200 && body["data"]["keys"] == 1
+        })
+        .await;
+    }
+
     pub async fn ws(&self, node: usize, token: String) -> Client {
         let mut client = Client::connect_ws(&self.clouds[node].ws_url)
             .await
@@ -233,18 +282,13 @@ impl Cluster {
         path: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let mut tick = tokio::time::interval(Duration::from_millis(25));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            tick.tick().await;
+        let mut last = Value::Null;
+        imcloud_testkit::eventually(path, async || {
             let (status, body) = self.get_from(logic, path).await;
-            if status == 200 && done(&body["data"]) {
-                return body["data"].clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path} never satisfied: {body}"
-            );
-        }
+            last = body["data"].clone();
+            status == 200 && done(&last)
+        })
+        .await;
+        last
     }
 }

@@ -1,0 +1,279 @@
+//! A session against a fake logic and an in-memory transport: the whole
+//! connection life, without a node or a socket.
+
+use super::*;
+use crate::transport::memory::{MemoryTransport, Out};
+use async_trait::async_trait;
+use imcloud_proto::logic::ConnectReply;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// What the fake logic was asked.
+#[derive(Debug, PartialEq)]
+enum Call {
+    Heartbeat(i64, String),
+    Disconnect(i64, String),
+    Receive(i64, Bytes),
+}
+
+/// Tokens are `mid:key:room`; `refused` is refused, `down` is unavailable.
+struct FakeLogic {
+    calls: mpsc::UnboundedSender<Call>,
+}
+
+#[async_trait]
+impl SessionLogic for FakeLogic {
+    async fn connect(&self, token: Bytes, _cookie: String) -> Result<ConnectReply, AuthError> {
+        let token = String::from_utf8_lossy(&token).into_owned();
+        match token.as_str() {
+            "refused" => return Err(AuthError::Refused("bad token".to_owned())),
+            "down" => return Err(AuthError::Unavailable("logic down".to_owned())),
+            _ => {}
+        }
+        let mut parts = token.splitn(3, ':');
+        Ok(ConnectReply {
+            mid: parts.next().and_then(|mid| mid.parse().ok()).unwrap_or(0),
+            key: parts.next().unwrap_or("").to_owned(),
+            room_id: parts.next().unwrap_or("").to_owned(),
+            accepts: vec![1000],
+            heartbeat: 10,
+        })
+    }
+
+    async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let _ = self.calls.send(Call::Heartbeat(mid, key.to_owned()));
+        Ok(())
+    }
+
+    async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status> {
+        let _ = self.calls.send(Call::Disconnect(mid, key.to_owned()));
+        Ok(())
+    }
+
+    async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status> {
+        let _ = self.calls.send(Call::Receive(mid, packet.body.clone()));
+        Ok(())
+    }
+}
+
+/// One connection being served, as the client and logic see it.
+struct Harness {
+    to_server: mpsc::UnboundedSender<Packet>,
+    from_server: mpsc::UnboundedReceiver<Out>,
+    calls: mpsc::UnboundedReceiver<Call>,
+    ctx: Arc<ConnContext>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+fn limits() -> ConnLimits {
+    ConnLimits {
+        handshake_timeout: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(30),
+        send_queue: 4,
+        renew_interval: Duration::ZERO,
+        write_timeout: Duration::from_secs(10),
+    }
+}
+
+fn start() -> Harness {
+    let (calls_tx, calls) = mpsc::unbounded_channel();
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(ConnContext::new(
+        limits(),
+        Buckets::spawn(2, &metrics),
+        Arc::new(FakeLogic { calls: calls_tx }),
+        Arc::new(Online::default()),
+        metrics,
+        Shutdown::default(),
+    ));
+    let (to_server, inbound) = mpsc::unbounded_channel();
+    let (outbound, from_server) = mpsc::unbounded_channel();
+    let transport = MemoryTransport { inbound, outbound };
+    let permit = Arc::new(Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("permit");
+    let served = tokio::spawn(serve(
+        transport,
+        ctx.clone(),
+        String::new(),
+        Some((permit, None)),
+    ));
+    Harness {
+        to_server,
+        from_server,
+        calls,
+        ctx,
+        served,
+    }
+}
+
+impl Harness {
+    fn send(&self, op: Op, body: &[u8]) {
+        self.to_server
+            .send(Packet::new(op, 1, Bytes::copy_from_slice(body)))
+            .expect("session alive");
+    }
+
+    async fn next(&mut self) -> Out {
+        self.from_server.recv().await.expect("the session wrote")
+    }
+
+    async fn packet(&mut self) -> Packet {
+        match self.next().await {
+            Out::Packet(packet) => packet,
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    }
+
+    async fn close(&mut self) -> CloseBody {
+        let packet = self.packet().await;
+        assert_eq!(packet.op, Op::DISCONNECT, "{packet:?}");
+        CloseBody::parse(&packet.body).expect("op-6 body")
+    }
+
+    async fn authenticated(&mut self, token: &str) -> serde_json::Value {
+        self.send(Op::AUTH, token.as_bytes());
+        let reply = self.packet().await;
+        assert_eq!(reply.op, Op::AUTH_REPLY);
+        serde_json::from_slice(&reply.body).expect("op-8 JSON")
+    }
+}
+
+#[tokio::test]
+async fn auth_heartbeat_push_and_a_goodbye() {
+    let mut conn = start();
+    let me = conn.authenticated("7:k7:live://1").await;
+    assert_eq!(me["mid"], 7);
+    assert_eq!(me["key"], "k7");
+    assert_eq!(me["room_id"], "live://1");
+    assert_eq!(me["heartbeat"], 10);
+
+    conn.send(Op::HEARTBEAT, b"");
+    let reply = conn.packet().await;
+    assert_eq!(reply.op, Op::HEARTBEAT_REPLY);
+    assert_eq!(
+        &reply.body[..],
+        &1u32.to_be_bytes(),
+        "the client itself is online"
+    );
+    assert_eq!(
+        conn.calls.recv().await,
+        Some(Call::Heartbeat(7, "k7".to_owned()))
+    );
+
+    let push = crate::outbox::Push::new(
+        Packet::new(Op(1000), 0, Bytes::from_static(b"hi"))
+            .encode()
+            .expect("encode"),
+        std::time::Instant::now(),
+    );
+    conn.ctx
+        .buckets
+        .push_room(RoomId::parse("live://1").expect("room"), &push)
+        .await
+        .expect("buckets");
+    let got = conn.packet().await;
+    assert_eq!((got.op, &got.body[..]), (Op(1000), &b"hi"[..]));
+
+    conn.send(Op::SEND_MSG, b"up");
+    assert_eq!(conn.packet().await.op, Op::SEND_MSG_REPLY);
+    assert_eq!(
+        conn.calls.recv().await,
+        Some(Call::Receive(7, Bytes::from_static(b"up")))
+    );
+
+    // The client leaves: its goodbye is answered, logic is told.
+    conn.to_server = mpsc::unbounded_channel().0;
+    assert!(matches!(conn.next().await, Out::Shutdown(None)));
+    conn.served.await.expect("served");
+    conn.ctx.shutdown.background.close();
+    conn.ctx.shutdown.background.wait().await;
+    assert_eq!(
+        conn.calls.recv().await,
+        Some(Call::Disconnect(7, "k7".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn refusals_close_with_the_reason_and_register_nothing() {
+    for (token, reason) in [
+        ("refused", CloseReason::AuthFailed),
+        ("down", CloseReason::LogicUnavailable),
+        ("1:k1:Not A Room", CloseReason::AuthFailed),
+    ] {
+        let mut conn = start();
+        conn.send(Op::AUTH, token.as_bytes());
+        let close = conn.close().await;
+        assert_eq!(close.close_reason(), Some(reason), "{token}: {close:?}");
+        match conn.next().await {
+            Out::Shutdown(Some(body)) => {
+                assert_eq!(body, close, "the WebSocket close says the same")
+            }
+            other => panic!("{token}: expected the close, got {other:?}"),
+        }
+        conn.served.await.expect("served");
+        assert!(
+            conn.ctx
+                .buckets
+                .sessions()
+                .await
+                .expect("buckets")
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn protocol_errors_name_what_was_wrong() {
+    let mut conn = start();
+    conn.send(Op::HEARTBEAT, b"");
+    let close = conn.close().await;
+    assert_eq!(close.close_reason(), Some(CloseReason::ProtocolError));
+    assert!(close.reason.contains("must be auth"), "{}", close.reason);
+
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    conn.send(Op::CHANGE_ROOM, b"Live://x");
+    let close = conn.close().await;
+    assert!(close.reason.contains("room type"), "{}", close.reason);
+
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    conn.send(Op(999), b"");
+    let close = conn.close().await;
+    assert!(
+        close.reason.contains("not a client request"),
+        "{}",
+        close.reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_for_two_heartbeats_closes() {
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    // Paused time: the 20 s deadline passes as soon as everything is idle.
+    let close = conn.close().await;
+    assert_eq!(close.close_reason(), Some(CloseReason::HeartbeatTimeout));
+}
+
+#[tokio::test]
+async fn an_overflowing_queue_closes_as_a_slow_consumer() {
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    let outboxes = conn.ctx.buckets.select(None).await.expect("select");
+    let push = crate::outbox::Push::new(
+        Packet::new(Op(1000), 0, Bytes::from_static(b"x"))
+            .encode()
+            .expect("encode"),
+        std::time::Instant::now(),
+    );
+    // More than `send_queue` (4) in one go, with no chance to drain between.
+    for _ in 0..16 {
+        crate::bucket::deliver(&outboxes, &push);
+    }
+    let close = conn.close().await;
+    assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
+    conn.served.await.expect("served");
+    assert_eq!(conn.ctx.metrics.limits_hit("send_queue"), 1);
+}

@@ -65,8 +65,16 @@ enum LogFormat {
     Json,
 }
 
-fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter).context("--log")?;
+/// Crates that log every request at INFO and each failed one three times
+/// at ERROR (the Consul client): discovery logs registrations and outages
+/// itself, once each. Quiet unless the filter names them.
+const CHATTY: &[&str] = &["consulrs", "rustify"];
+
+fn init_tracing(spec: &str, format: LogFormat) -> anyhow::Result<()> {
+    let mut filter = EnvFilter::try_new(spec).context("--log")?;
+    for target in CHATTY.iter().filter(|target| !spec.contains(*target)) {
+        filter = filter.add_directive(format!("{target}=off").parse().context("--log")?);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

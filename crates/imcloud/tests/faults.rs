@@ -1,18 +1,22 @@
 //! Fault tests with real processes: the `imcloud` binary as logic and cloud
-//! nodes, killed with SIGKILL while clients are connected.
+//! nodes, killed with SIGKILL while clients are connected, and what the
+//! nodes log through an outage (once, not per client).
+
+mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use common::scrape;
 use imcloud_client::{Client, ClientError};
 use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastReq, Proto};
 use imcloud_protocol::CloseReason;
-use imcloud_testkit::{ConsulServer, eventually};
+use imcloud_testkit::{ConsulServer, RedisServer, eventually};
 use serde_json::Value;
 
 /// A node process; killed (SIGKILL) when dropped.
@@ -20,6 +24,21 @@ struct Process {
     child: Child,
     /// The fields of its "serving" log line (addresses).
     fields: HashMap<String, String>,
+    /// Every log line it wrote, as JSON.
+    logs: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Process {
+    /// Its log lines at WARN or ERROR.
+    fn warnings(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .filter(|line| line["level"] == "WARN" || line["level"] == "ERROR")
+            .cloned()
+            .collect()
+    }
 }
 
 impl Drop for Process {
@@ -48,12 +67,15 @@ fn spawn(mode: &str, name: &str, config: &str, ready: &str) -> Process {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     let ready = ready.to_owned();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let kept = logs.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let Ok(json) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
+            kept.lock().expect("logs").push(json.clone());
             if !sent && json["fields"]["message"] == ready.as_str() {
                 let fields = json["fields"]
                     .as_object()
@@ -71,7 +93,11 @@ fn spawn(mode: &str, name: &str, config: &str, ready: &str) -> Process {
     let fields = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the node comes up");
-    Process { child, fields }
+    Process {
+        child,
+        fields,
+        logs,
+    }
 }
 
 fn logic_config(grpc: &str, extra: &str) -> String {
@@ -278,4 +304,90 @@ async fn killing_a_cloud_node_is_reported_and_the_others_keep_working() {
         answer["data"]["nodes"] == 1 && answer["data"].get("failed").is_none()
     })
     .await;
+}
+
+/// A Redis outage is one WARN line on the cloud node, not one per client
+/// per failed renewal (once ~1,500 lines in 5 s with 500 clients): 300
+/// clients heartbeating, each renewing every second, through an outage
+/// long enough for each to fail at least twice.
+#[tokio::test]
+async fn a_redis_outage_is_logged_once_however_many_clients_renew() {
+    let mut redis = RedisServer::start();
+    let logic = spawn(
+        "logic",
+        "logic-redis",
+        &format!(
+            "[listen]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[logic]\nverifier = \"insecure-json\"\n\
+             cloud_nodes = []\nsession_store = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"300ms\"\n",
+            redis.url
+        ),
+        "logic node serving",
+    );
+    let cloud = spawn(
+        "cloud",
+        "cloud-redis",
+        &cloud_config("cloud-r", &format!("\"{}\"", logic.fields["grpc"]), "").replace(
+            "logic_timeout = \"1s\"",
+            "logic_timeout = \"1s\"\nrenew_interval = \"1s\"",
+        ),
+        "cloud node serving",
+    );
+    let ws = format!("ws://{}/sub", cloud.fields["ws"]);
+    let mut clients = Vec::with_capacity(300);
+    for mid in 0..300 {
+        clients.push(auth(&ws, mid).await.expect("auth"));
+    }
+    let renew_failures = || async {
+        scrape(&format!("http://{}", logic.fields["http"]))
+            .await
+            .get("imcloud_logic_store_errors_total{op=\"renew\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+
+    redis.kill();
+    // Every client heartbeats until logic has refused 600 renewals.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    while renew_failures().await < 600.0 {
+        tick.tick().await;
+        for client in &mut clients {
+            client.heartbeat().await.expect("clients stay connected");
+        }
+    }
+    redis.restart();
+    for client in &mut clients {
+        client.heartbeat().await.expect("still connected");
+    }
+    let warnings = cloud.warnings();
+    assert!(
+        warnings.len() < 20,
+        "{} WARN/ERROR lines through the outage: {warnings:#?}",
+        warnings.len()
+    );
+}
+
+/// A node registered in Consul logs its registration once, not at every
+/// refresh, and none of the Consul client's per-request lines: fewer than
+/// 10 lines through ten check passes (start-up included).
+#[tokio::test]
+async fn consul_registration_is_logged_once() {
+    let consul = ConsulServer::start_new().await;
+    let discovery = format!(
+        "[discovery]\nkind = \"consul\"\n[discovery.consul]\naddress = \"{}\"\nttl = \"1s\"\nwait = \"1s\"\n",
+        consul.url()
+    );
+    let cloud = spawn(
+        "cloud",
+        "cloud-quiet",
+        &cloud_config("quiet", "", &discovery),
+        "cloud node serving",
+    );
+    consul.until_passes(10).await;
+    let lines: Vec<Value> = cloud.logs.lock().expect("logs").clone();
+    assert!(lines.len() < 10, "{} lines: {lines:#?}", lines.len());
+    let registered = lines
+        .iter()
+        .filter(|line| line["fields"]["message"] == "registered in consul")
+        .count();
+    assert_eq!(registered, 1, "{lines:#?}");
 }

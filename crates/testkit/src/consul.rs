@@ -94,6 +94,8 @@ struct Inner {
     catalog: Mutex<Catalog>,
     /// The Raft-like index: bumped on every change; blocking queries wait on it.
     index: watch::Sender<u64>,
+    /// Check passes received, in all.
+    passes: watch::Sender<u64>,
 }
 
 impl Inner {
@@ -157,6 +159,7 @@ impl ConsulServer {
         let inner = Arc::new(Inner {
             catalog: Mutex::new(Catalog::default()),
             index: watch::Sender::new(1),
+            passes: watch::Sender::new(0),
         });
         let expiry = tokio::spawn({
             let inner = inner.clone();
@@ -234,6 +237,16 @@ impl ConsulServer {
     /// Every registered service id, healthy or not.
     pub fn registered(&self) -> Vec<String> {
         self.inner.catalog().services.keys().cloned().collect()
+    }
+
+    /// Waits until `n` check passes have been received, in all (each one is
+    /// an event; a node passes its check every third of its TTL).
+    pub async fn until_passes(&self, n: u64) {
+        let mut passes = self.inner.passes.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), passes.wait_for(|p| *p >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} check passes: not within 60 s"))
+            .expect("the server is alive");
     }
 
     /// Waits until `done` holds for the catalog, checking on every change.
@@ -360,6 +373,7 @@ async fn pass(State(inner): State<Arc<Inner>>, Path(id): Path<String>) -> Respon
     if !was_passing {
         inner.bump();
     }
+    inner.passes.send_modify(|passes| *passes += 1);
     StatusCode::OK.into_response()
 }
 

@@ -8,24 +8,20 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, Packet, RoomId};
+use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, RoomId};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::bucket::{BucketHandle, Buckets, Key, Member};
-use crate::config::CloudConfig;
+use crate::bucket::{BucketHandle, Key, Member};
 use crate::listener::IpSlot;
-use crate::logic::{AuthError, SessionLogic};
+use crate::logic::AuthError;
 use crate::metrics::Metrics;
-use crate::online::Online;
 use crate::outbox::Outbox;
 use crate::transport::{Transport, TransportError};
 
@@ -36,74 +32,6 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const SLOW_CLOSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Client messages (op 4) of one connection in flight to logic at once.
 const MAX_RECEIVES_IN_FLIGHT: usize = 16;
-
-/// The limits a connection lives by (from the node's configuration).
-#[derive(Clone, Debug)]
-pub(crate) struct ConnLimits {
-    pub(crate) handshake_timeout: Duration,
-    /// Used when logic's Connect answer names no heartbeat.
-    pub(crate) heartbeat: Duration,
-    pub(crate) send_queue: usize,
-    pub(crate) renew_interval: Duration,
-    pub(crate) write_timeout: Duration,
-}
-
-impl From<&CloudConfig> for ConnLimits {
-    fn from(config: &CloudConfig) -> Self {
-        ConnLimits {
-            handshake_timeout: config.handshake_timeout,
-            heartbeat: config.heartbeat,
-            send_queue: config.send_queue,
-            renew_interval: config.renew_interval,
-            write_timeout: config.write_timeout,
-        }
-    }
-}
-
-/// The node's shutdown, as a connection sees it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Shutdown {
-    /// Cancelled when the node starts draining.
-    pub(crate) stop: CancellationToken,
-    /// Cancelled when the drain grace runs out: remaining connections are cut.
-    pub(crate) cut: CancellationToken,
-    /// Calls to logic that outlive the request that made them (renewals,
-    /// disconnects, client messages): the node waits for them before it
-    /// exits, so a drain never drops a Disconnect.
-    pub(crate) background: TaskTracker,
-}
-
-/// What every connection shares.
-pub(crate) struct ConnContext {
-    pub(crate) limits: ConnLimits,
-    pub(crate) buckets: Buckets,
-    pub(crate) logic: Arc<dyn SessionLogic>,
-    pub(crate) online: Arc<Online>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) shutdown: Shutdown,
-    next_id: AtomicU64,
-}
-
-impl ConnContext {
-    pub(crate) fn new(
-        limits: ConnLimits,
-        buckets: Buckets,
-        logic: Arc<dyn SessionLogic>,
-        online: Arc<Online>,
-        metrics: Arc<Metrics>,
-        shutdown: Shutdown,
-    ) -> Self {
-        ConnContext {
-            limits,
-            buckets,
-            logic,
-            online,
-            metrics,
-            shutdown,
-            next_id: AtomicU64::new(1),
-        }
-    }
-}
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -402,101 +330,6 @@ impl Session {
             )),
         }
     }
-
-    /// Answers one client packet.
-    async fn handle(&mut self, packet: Packet) -> Result<(), End> {
-        match packet.op {
-            Op::HEARTBEAT => {
-                // Counts are reported every few seconds; a client that just
-                // joined is online all the same.
-                let count = self
-                    .room
-                    .as_deref()
-                    .map_or(0, |room| self.ctx.online.count(room).max(1));
-                self.reply(&packet, Op::HEARTBEAT_REPLY, count.to_be_bytes().to_vec());
-                self.renew();
-            }
-            Op::SEND_MSG => self.receive(packet).await,
-            Op::CHANGE_ROOM => {
-                let room = match &packet.body[..] {
-                    b"" => None,
-                    body => Some(
-                        RoomId::from_bytes(body).map_err(|err| End::protocol(err.to_string()))?,
-                    ),
-                };
-                self.bucket
-                    .change_room(self.key.clone(), self.id, room.clone())
-                    .await
-                    .map_err(|_| End::stopping())?;
-                self.room = room;
-                self.reply(&packet, Op::CHANGE_ROOM_REPLY, packet.body.clone());
-            }
-            Op::WATCH | Op::UNWATCH => {
-                let ops = parse_ops(&packet.body)?;
-                self.bucket
-                    .watch(self.key.clone(), self.id, ops, packet.op == Op::WATCH)
-                    .await
-                    .map_err(|_| End::stopping())?;
-                let reply_op = packet.op.reply().unwrap_or(Op::WATCH_REPLY);
-                self.reply(&packet, reply_op, packet.body.clone());
-            }
-            Op::AUTH => return Err(End::protocol("already authenticated")),
-            other => return Err(End::protocol(format!("{other} is not a client request"))),
-        }
-        Ok(())
-    }
-
-    /// Queues a reply like any other packet, so replies and pushes leave in
-    /// order and in the same writes.
-    fn reply(&self, request: &Packet, op: Op, body: impl Into<Bytes>) {
-        if let Ok(encoded) = request.reply(op, body).encode() {
-            // A full queue closes the connection; the loop sees it next.
-            let _ = self.outbox.push(encoded);
-        }
-    }
-
-    /// Renews the session with logic, at most once per `renew_interval`.
-    /// Failures are logged by the logic client, once per outage.
-    fn renew(&mut self) {
-        if self.last_renew.elapsed() < self.ctx.limits.renew_interval {
-            return;
-        }
-        self.last_renew = Instant::now();
-        let (logic, mid, key) = (self.ctx.logic.clone(), self.mid, self.key.clone());
-        self.ctx.shutdown.background.spawn(async move {
-            let _ = logic.heartbeat(mid, &key).await;
-        });
-    }
-
-    /// Forwards a client message to logic and acks it (op 5, same seq) once
-    /// logic has it; if logic fails, the ack carries the error instead of
-    /// pretending the message was delivered.
-    async fn receive(&mut self, packet: Packet) {
-        let limit = self
-            .receives
-            .get_or_insert_with(|| Arc::new(Semaphore::new(MAX_RECEIVES_IN_FLIGHT)))
-            .clone();
-        let Ok(permit) = limit.acquire_owned().await else {
-            return;
-        };
-        let (logic, mid, outbox) = (self.ctx.logic.clone(), self.mid, self.outbox.clone());
-        self.ctx.shutdown.background.spawn(async move {
-            let body = match logic.receive(mid, &packet).await {
-                Ok(()) => Bytes::new(),
-                Err(status) => {
-                    let error = serde_json::json!({
-                        "code": status.code() as i32,
-                        "error": status.message(),
-                    });
-                    Bytes::from(error.to_string())
-                }
-            };
-            if let Ok(ack) = packet.reply(Op::SEND_MSG_REPLY, body).encode() {
-                let _ = outbox.push(ack);
-            }
-            drop(permit);
-        });
-    }
 }
 
 /// The end a transport error means, counting a `max_body` hit.
@@ -505,19 +338,6 @@ fn transport_end(metrics: &Metrics, err: TransportError) -> End {
         metrics.limit_hit("max_body");
     }
     err.into()
-}
-
-/// An op-14/16 body: comma-separated ops.
-fn parse_ops(body: &[u8]) -> Result<Vec<u32>, End> {
-    let text = std::str::from_utf8(body).map_err(|_| End::protocol("ops are not UTF-8"))?;
-    text.split(',')
-        .map(str::trim)
-        .filter(|op| !op.is_empty())
-        .map(|op| {
-            op.parse::<u32>()
-                .map_err(|_| End::protocol(format!("{op:?} is not an op number")))
-        })
-        .collect()
 }
 
 /// Says the last words, then leaves the bucket and tells logic.
@@ -629,5 +449,9 @@ async fn linger<T: Transport>(transport: &mut T, cut: &CancellationToken) -> boo
     }
 }
 
+mod context;
+mod requests;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use context::{ConnContext, ConnLimits, Shutdown};

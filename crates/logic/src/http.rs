@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -25,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DEVELOPMENT_SECRET;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
-use crate::push::{Message, PushError, Pusher};
+use crate::params::{Params, PushRequest};
+use crate::push::{PushError, Pusher};
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::{Claims, Jwt};
 
@@ -57,8 +57,7 @@ pub(crate) async fn serve(
     // Backend routes need the API key; nodes, health and metrics are for
     // clients, balancers and scrapers.
     let backend = Router::new()
-        .route("/im/push/{kind}", post(push_im))
-        .route("/goim/push/{kind}", post(push_goim))
+        .route("/{style}/push/{kind}", post(push))
         .route("/{style}/online/top", get(online_top))
         .route("/{style}/online/room", get(online_room))
         .route("/{style}/online/total", get(online_total))
@@ -132,20 +131,20 @@ async fn require_key(State(api): State<Arc<Api>>, request: Request, next: Next) 
 
 /// An API error: its HTTP status, and a message that says what to fix.
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -177,167 +176,14 @@ fn ok(data: impl Serialize) -> Json<Value> {
     Json(json!({"code": 0, "message": "ok", "data": data}))
 }
 
-/// Request parameters from the query string and, for im-cloud style
-/// routes, a form or JSON body. Lists may repeat a name (`keys=a&keys=b`),
-/// use PHP brackets (`keys[]=a`) or commas (`keys=a,b`).
-#[derive(Debug, Default)]
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn from_query(query: Option<&str>) -> Params {
-        let mut params = Params::default();
-        params.add_form(query.unwrap_or("").as_bytes());
-        params
-    }
-
-    fn add_form(&mut self, form: &[u8]) {
-        for (name, value) in form_urlencoded::parse(form) {
-            let name = name.trim_end_matches("[]").to_owned();
-            self.0.push((name, value.into_owned()));
-        }
-    }
-
-    fn add_json(&mut self, body: &[u8]) -> Result<(), ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|err| ApiError::bad(format!("body is not JSON: {err}")))?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::bad("JSON body must be an object"));
-        };
-        for (name, value) in fields {
-            let values = match value {
-                Value::Array(items) => items,
-                other => vec![other],
-            };
-            for value in values {
-                let text = match value {
-                    Value::String(text) => text,
-                    Value::Null => continue,
-                    // A structured msg travels as its JSON text.
-                    other => other.to_string(),
-                };
-                self.0.push((name.clone(), text));
-            }
-        }
-        Ok(())
-    }
-
-    fn first(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, v)| n == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn list(&self, name: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
-        self.first(name)
-            .map(|v| {
-                v.trim()
-                    .parse()
-                    .map_err(|_| ApiError::bad(format!("{name} {v:?} is not a number")))
-            })
-            .transpose()
-    }
-
-    fn mids(&self) -> Result<Vec<i64>, ApiError> {
-        self.list("mids")
-            .iter()
-            .map(|mid| {
-                mid.parse()
-                    .map_err(|_| ApiError::bad(format!("mid {mid:?} is not a number")))
-            })
-            .collect()
-    }
-
-    /// The required `type` of the online routes.
-    fn room_type(&self) -> Result<&str, ApiError> {
-        self.first("type")
-            .ok_or_else(|| ApiError::bad("type is required"))
-    }
-
-    /// `type` + `room` -> `type://room`; a full `type://id` room is taken as is.
-    fn room(&self) -> Result<RoomId, ApiError> {
-        let room = self.first("room").unwrap_or("");
-        let parsed = match (self.first("type"), room) {
-            (_, room) if room.contains("://") => RoomId::parse(room),
-            (Some(kind), room) if !room.is_empty() => RoomId::from_parts(kind, room),
-            _ => return Err(ApiError::bad("type and room are required")),
-        };
-        parsed.map_err(|err| ApiError::bad(err.to_string()))
-    }
-}
-
+/// A push by key, mid, room or to everyone, im-cloud style (parameters
+/// and `msg` from the query, a form or JSON) or goim style (parameters from
+/// the query, the raw body as the message).
 async fn push(
-    pusher: &Pusher,
-    kind: &str,
-    params: &Params,
-    msg: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let message = Message::new(params.number("operation")?, msg)?;
-    let delivered = match kind {
-        "keys" => pusher.push_keys(params.list("keys"), message).await?,
-        "mids" => pusher.push_mids(params.mids()?, message).await?,
-        "room" => pusher.push_room(params.room()?, message).await?,
-        "all" => {
-            let speed = params.number("speed")?.unwrap_or(0);
-            pusher.push_all(speed, message).await?
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no push by {other:?}: use keys, mids, room or all"),
-            ));
-        }
-    };
-    Ok(ok(delivered))
-}
-
-/// im-cloud style: parameters and `msg` from the query, a form or JSON.
-async fn push_im(
     State(api): State<Arc<Api>>,
-    Path(kind): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    PushRequest { target, message }: PushRequest,
 ) -> Result<Json<Value>, ApiError> {
-    let mut params = Params::from_query(query.as_deref());
-    let json_body = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    if json_body || body.first() == Some(&b'{') {
-        params.add_json(&body)?;
-    } else {
-        params.add_form(&body);
-    }
-    let msg = Bytes::from(params.first("msg").unwrap_or("").to_owned());
-    push(&api.pusher, &kind, &params, msg).await
-}
-
-/// goim style: parameters from the query, the message is the raw body.
-async fn push_goim(
-    State(api): State<Arc<Api>>,
-    Path(kind): Path<String>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    push(
-        &api.pusher,
-        &kind,
-        &Params::from_query(query.as_deref()),
-        body,
-    )
-    .await
+    Ok(ok(api.pusher.push(target, message).await?))
 }
 
 #[derive(Serialize)]
@@ -478,52 +324,4 @@ async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, imcloud_telemetry::CONTENT_TYPE)],
         api.metrics.render(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_accept_repeats_brackets_and_commas() {
-        let params = Params::from_query(Some("keys=a&keys[]=b&keys=c,d&operation=1001"));
-        assert_eq!(params.list("keys"), ["a", "b", "c", "d"]);
-        assert_eq!(params.number::<i32>("operation").ok().flatten(), Some(1001));
-    }
-
-    #[test]
-    fn json_bodies_keep_structured_messages_as_json_text() {
-        let mut params = Params::default();
-        params
-            .add_json(br#"{"mids":[1,2],"msg":{"text":"hi"},"operation":1002}"#)
-            .expect("json");
-        assert_eq!(params.mids().ok(), Some(vec![1, 2]));
-        assert_eq!(params.first("msg"), Some(r#"{"text":"hi"}"#));
-        assert_eq!(params.first("operation"), Some("1002"));
-    }
-
-    #[test]
-    fn rooms_come_from_type_and_room() {
-        assert_eq!(
-            Params::from_query(Some("type=live&room=1000"))
-                .room()
-                .ok()
-                .as_deref(),
-            Some("live://1000")
-        );
-        assert_eq!(
-            Params::from_query(Some("room=live://7"))
-                .room()
-                .ok()
-                .as_deref(),
-            Some("live://7")
-        );
-        assert!(Params::from_query(Some("room=1000")).room().is_err());
-        let bad = Params::from_query(Some("type=Live&room=1"))
-            .room()
-            .expect_err("bad type");
-        assert!(bad.message.contains("room type"), "{}", bad.message);
-        assert!(Params::from_query(Some("room=live://")).room().is_err());
-        assert!(Params::from_query(Some("mids=x")).mids().is_err());
-    }
 }

@@ -12,6 +12,7 @@ mod memory;
 mod metrics;
 mod node;
 mod nodes;
+mod params;
 mod push;
 mod redis_store;
 mod router;

@@ -118,6 +118,20 @@ fn settle(results: Vec<NodeResult<Vec<String>>>, count_keys: bool) -> Result<Del
     Ok(delivered)
 }
 
+/// Who a push is for.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// Connection keys.
+    Keys(Vec<String>),
+    /// Users: every key of each.
+    Mids(Vec<i64>),
+    /// A room's members, on every cloud node.
+    Room(RoomId),
+    /// Every connection that accepts the op, `speed` connections per
+    /// second (0: at once).
+    All { speed: i32 },
+}
+
 /// Turns backend pushes into calls on the cloud nodes concerned. The HTTP
 /// API, the gRPC API (and later ways in) all hold one.
 pub(crate) struct Pusher {
@@ -140,6 +154,20 @@ impl Pusher {
             clouds,
             metrics,
             max_targets,
+        }
+    }
+
+    /// Delivers `message` to `target`.
+    pub(crate) async fn push(
+        &self,
+        target: Target,
+        message: Message,
+    ) -> Result<Delivered, PushError> {
+        match target {
+            Target::Keys(keys) => self.push_keys(keys, message).await,
+            Target::Mids(mids) => self.push_mids(mids, message).await,
+            Target::Room(room) => self.push_room(room, message).await,
+            Target::All { speed } => self.push_all(speed, message).await,
         }
     }
 

@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -22,7 +23,8 @@ use crate::latency_histogram;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     method: String,
-    code: &'static str,
+    /// The status code's name (`OK`, `InvalidArgument`...).
+    code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,12 +68,17 @@ impl GrpcMetrics {
         }
     }
 
-    fn record(&self, method: String, code: &'static str, started: Instant) {
+    fn record(&self, method: String, code: Code, started: Instant) {
         self.seconds
             .get_or_create(&MethodLabel {
                 method: method.clone(),
             })
             .observe(started.elapsed().as_secs_f64());
+        // tonic's names, but `OK` as gRPC spells it (and dashboards match).
+        let code = match code {
+            Code::Ok => "OK".to_owned(),
+            other => format!("{other:?}"),
+        };
         self.calls.get_or_create(&CallLabels { method, code }).inc();
     }
 }
@@ -153,37 +160,11 @@ where
                 Ok(response) => response
                     .headers()
                     .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<u8>().ok())
-                    .map_or("OK", code_name),
-                Err(_) => "Unavailable",
+                    .map_or(Code::Ok, |value| Code::from_bytes(value.as_bytes())),
+                Err(_) => Code::Unavailable,
             };
             this.metrics.record(method, code, *this.started);
         }
         Poll::Ready(result)
-    }
-}
-
-/// gRPC's status code names.
-fn code_name(code: u8) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Cancelled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
     }
 }

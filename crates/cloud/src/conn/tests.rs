@@ -2,9 +2,14 @@
 //! connection life, without a node or a socket.
 
 use super::*;
+use crate::bucket::Buckets;
+use crate::logic::SessionLogic;
+use crate::online::Online;
 use crate::transport::memory::{MemoryTransport, Out};
 use async_trait::async_trait;
+use bytes::Bytes;
 use imcloud_proto::logic::ConnectReply;
+use imcloud_protocol::Packet;
 use tokio::sync::mpsc;
 use tonic::Status;
 

@@ -15,8 +15,7 @@ use imcloud_proto::cloud::{Proto, PushMsgReq};
 use imcloud_proto::logic::logic_server::{Logic, LogicServer};
 use imcloud_proto::logic::*;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -315,24 +314,11 @@ pub fn proto(op: i32, body: &[u8]) -> Proto {
     }
 }
 
-/// A minimal HTTP/1.1 GET; returns the status code and body.
+/// GETs `path` from `addr`; returns the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("http connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
+    let response = reqwest::get(format!("http://{addr}{path}"))
         .await
-        .expect("http write");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("http read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status code");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
+        .expect("http get");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("http body"))
 }

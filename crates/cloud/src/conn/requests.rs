@@ -1,0 +1,122 @@
+//! What an authenticated client may ask (heartbeat, op 4 messages, room
+//! changes, watched ops) and how each is answered. Replies go through the
+//! outbox like pushes, so they leave in order and in the same writes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imcloud_protocol::{Op, Packet, RoomId};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::{End, MAX_RECEIVES_IN_FLIGHT, Session};
+
+impl Session {
+    /// Answers one client packet.
+    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), End> {
+        match packet.op {
+            Op::HEARTBEAT => {
+                // Counts are reported every few seconds; a client that just
+                // joined is online all the same.
+                let count = self
+                    .room
+                    .as_deref()
+                    .map_or(0, |room| self.ctx.online.count(room).max(1));
+                self.reply(&packet, Op::HEARTBEAT_REPLY, count.to_be_bytes().to_vec());
+                self.renew();
+            }
+            Op::SEND_MSG => self.receive(packet).await,
+            Op::CHANGE_ROOM => {
+                let room = match &packet.body[..] {
+                    b"" => None,
+                    body => Some(
+                        RoomId::from_bytes(body).map_err(|err| End::protocol(err.to_string()))?,
+                    ),
+                };
+                self.bucket
+                    .change_room(self.key.clone(), self.id, room.clone())
+                    .await
+                    .map_err(|_| End::stopping())?;
+                self.room = room;
+                self.reply(&packet, Op::CHANGE_ROOM_REPLY, packet.body.clone());
+            }
+            Op::WATCH | Op::UNWATCH => {
+                let ops = parse_ops(&packet.body)?;
+                self.bucket
+                    .watch(self.key.clone(), self.id, ops, packet.op == Op::WATCH)
+                    .await
+                    .map_err(|_| End::stopping())?;
+                let reply_op = packet.op.reply().unwrap_or(Op::WATCH_REPLY);
+                self.reply(&packet, reply_op, packet.body.clone());
+            }
+            Op::AUTH => return Err(End::protocol("already authenticated")),
+            other => return Err(End::protocol(format!("{other} is not a client request"))),
+        }
+        Ok(())
+    }
+
+    /// Queues a reply like any other packet, so replies and pushes leave in
+    /// order and in the same writes.
+    pub(super) fn reply(&self, request: &Packet, op: Op, body: impl Into<Bytes>) {
+        if let Ok(encoded) = request.reply(op, body).encode() {
+            // A full queue closes the connection; the loop sees it next.
+            let _ = self.outbox.push(encoded);
+        }
+    }
+
+    /// Renews the session with logic, at most once per `renew_interval`.
+    /// Failures are logged by the logic client, once per outage.
+    fn renew(&mut self) {
+        if self.last_renew.elapsed() < self.ctx.limits.renew_interval {
+            return;
+        }
+        self.last_renew = Instant::now();
+        let (logic, mid, key) = (self.ctx.logic.clone(), self.mid, self.key.clone());
+        self.ctx.shutdown.background.spawn(async move {
+            let _ = logic.heartbeat(mid, &key).await;
+        });
+    }
+
+    /// Forwards a client message to logic and acks it (op 5, same seq) once
+    /// logic has it; if logic fails, the ack carries the error instead of
+    /// pretending the message was delivered.
+    async fn receive(&mut self, packet: Packet) {
+        let limit = self
+            .receives
+            .get_or_insert_with(|| Arc::new(Semaphore::new(MAX_RECEIVES_IN_FLIGHT)))
+            .clone();
+        let Ok(permit) = limit.acquire_owned().await else {
+            return;
+        };
+        let (logic, mid, outbox) = (self.ctx.logic.clone(), self.mid, self.outbox.clone());
+        self.ctx.shutdown.background.spawn(async move {
+            let body = match logic.receive(mid, &packet).await {
+                Ok(()) => Bytes::new(),
+                Err(status) => {
+                    let error = serde_json::json!({
+                        "code": status.code() as i32,
+                        "error": status.message(),
+                    });
+                    Bytes::from(error.to_string())
+                }
+            };
+            if let Ok(ack) = packet.reply(Op::SEND_MSG_REPLY, body).encode() {
+                let _ = outbox.push(ack);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// An op-14/16 body: comma-separated ops.
+fn parse_ops(body: &[u8]) -> Result<Vec<u32>, End> {
+    let text = std::str::from_utf8(body).map_err(|_| End::protocol("ops are not UTF-8"))?;
+    text.split(',')
+        .map(str::trim)
+        .filter(|op| !op.is_empty())
+        .map(|op| {
+            op.parse::<u32>()
+                .map_err(|_| End::protocol(format!("{op:?} is not an op number")))
+        })
+        .collect()
+}

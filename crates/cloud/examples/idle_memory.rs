@@ -5,15 +5,12 @@
 //!
 //! `cargo run --release -p imcloud-cloud --example idle_memory -- 5000`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{CloudNode, LogicNode, test_config, token};
 use imcloud_client::Client;
+use imcloud_testkit::fake_logic::{CloudNode, LogicNode, test_config, token};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

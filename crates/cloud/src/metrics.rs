@@ -33,12 +33,14 @@ struct KindLabel {
 }
 
 /// The limits `limits_hit` counts.
-const LIMITS: [&str; 5] = [
+const LIMITS: [&str; 6] = [
     "connections",
     "connections_per_ip",
     "handshake_timeout",
     "max_body",
     "send_queue",
+    // Drained clients still connected when the drain grace ran out.
+    "drain_grace",
 ];
 
 /// What a push was addressed to.

@@ -2,14 +2,12 @@
 //! broadcast reach exactly their receivers over both transports; bad requests
 //! are refused; Close drains every client.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{CloudNode, LogicNode, http_get, proto, test_config, token};
 use imcloud_client::Client;
 use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Empty, PushMsgReq, RoomsReq};
 use imcloud_protocol::{CloseReason, Op};
+use imcloud_testkit::fake_logic::{CloudNode, LogicNode, http_get, proto, test_config, token};
 use tonic::Code;
 
 /// Connects `n` clients, alternating WebSocket and TCP, each with its own key.
@@ -387,7 +385,7 @@ async fn a_drain_finishes_telling_logic_before_the_node_exits() {
         .expect("drained");
     let mut disconnects = 0;
     while let Ok(event) = logic.events.try_recv() {
-        if matches!(event, common::Event::Disconnect { .. }) {
+        if matches!(event, imcloud_testkit::fake_logic::Event::Disconnect { .. }) {
             disconnects += 1;
         }
     }

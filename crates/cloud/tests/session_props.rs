@@ -2,16 +2,15 @@
 //! a client sends, in whatever order, over either transport, the node never
 //! panics, and once the client is gone nothing of it stays registered.
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{CloudNode, LogicNode, test_config, token};
 use futures_util::{SinkExt, StreamExt};
 use imcloud_proto::cloud::{Empty, RoomsReq};
 use imcloud_protocol::{Op, Packet};
+use imcloud_testkit::eventually;
+use imcloud_testkit::fake_logic::{CloudNode, LogicNode, test_config, token};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -122,13 +121,10 @@ fn arbitrary_client_input_never_panics_and_never_leaks_a_registration() {
             play(&node, ws, authenticate, &actions, key).await;
             // Once the connection task is gone, nothing of it may remain.
             let metrics = node.cloud().metrics();
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            let mut waited = 0;
-            while metrics.connections("ws") + metrics.connections("tcp") > 0 {
-                tick.tick().await;
-                waited += 1;
-                assert!(waited < 2000, "a connection outlived its client");
-            }
+            eventually("the connection task gone", async || {
+                metrics.connections("ws") + metrics.connections("tcp") == 0
+            })
+            .await;
             let mut grpc = node.grpc.clone();
             let rooms = grpc.rooms(RoomsReq {}).await.expect("rooms").into_inner().rooms;
             assert!(rooms.is_empty(), "still registered in {rooms:?}");

@@ -13,7 +13,7 @@ use imcloud_discovery::{
 };
 use imcloud_logic::Logic;
 use imcloud_protocol::CloseReason;
-use imcloud_testkit::ConsulServer;
+use imcloud_testkit::{ConsulServer, eventually};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -123,44 +123,43 @@ async fn until_nodes(observer: &ConsulDiscovery, service: &str, done: impl Fn(&[
 /// The cloud nodes logic tells clients about (`GET /im/nodes`), once it
 /// names exactly `ids` (its own watch may be a round behind ours).
 async fn nodes_from_logic(api: &str, ids: &[&str]) -> Vec<Value> {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    for _ in 0..400 {
-        tick.tick().await;
+    let mut nodes = Vec::new();
+    eventually(&format!("logic lists {ids:?}"), async || {
         let answer: Value = reqwest::get(format!("{api}/im/nodes"))
             .await
             .expect("nodes")
             .json()
             .await
             .expect("json");
-        let nodes = answer["data"]["nodes"]
+        nodes = answer["data"]["nodes"]
             .as_array()
             .cloned()
             .unwrap_or_default();
         let mut named: Vec<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
         named.sort_unstable();
-        if named == ids {
-            return nodes;
-        }
-    }
-    panic!("logic never listed {ids:?}");
+        named == ids
+    })
+    .await;
+    nodes
 }
 
 /// Connects and authenticates, retrying while the cloud node has not yet
 /// discovered a logic node (op 6 `logic unavailable` asks clients to retry).
 async fn client(ws: &str, mid: i64, room: &str) -> Client {
     let token = serde_json::json!({"mid": mid, "room_id": room}).to_string();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    for _ in 0..100 {
-        tick.tick().await;
+    let mut authenticated = None;
+    eventually("the cloud node finds a logic node", async || {
         let mut client = Client::connect_ws(ws).await.expect("connect");
         match client.auth(token.clone()).await {
-            Ok(_) => return client,
+            Ok(_) => authenticated = Some(client),
             Err(ClientError::Closed(body))
                 if body.close_reason() == Some(CloseReason::LogicUnavailable) => {}
             Err(err) => panic!("auth: {err}"),
         }
-    }
-    panic!("the cloud node never found a logic node");
+        authenticated.is_some()
+    })
+    .await;
+    authenticated.expect("authenticated")
 }
 
 async fn push(api: &str, route: &str, form: &str) -> (u16, Value) {

@@ -2,8 +2,6 @@
 //! and every config file they name exists, parses and validates, so a
 //! renamed key or file breaks this test instead of a deployment.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -183,7 +181,7 @@ fn the_systemd_units_run_the_shipped_configs() {
 async fn the_grafana_dashboard_queries_metrics_the_nodes_export() {
     let text = std::fs::read_to_string(repo("deploy/grafana/imcloud.json")).expect("dashboard");
     let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
-    let (imcloud, shutdown) = common::standalone().await;
+    let (imcloud, shutdown) = imcloud_testkit::standalone::standalone().await;
     // One client and one push, so per-call families (gRPC, store timings) exist.
     let token = imcloud::mint_token(
         None,

@@ -2,8 +2,6 @@
 //! nodes, killed with SIGKILL while clients are connected, and what the
 //! nodes log through an outage (once, not per client).
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -11,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use common::scrape;
 use imcloud_client::{Client, ClientError};
 use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastReq, Proto};
 use imcloud_protocol::CloseReason;
+use imcloud_testkit::standalone::scrape;
 use imcloud_testkit::{ConsulServer, RedisServer, eventually};
 use serde_json::Value;
 

@@ -7,12 +7,10 @@
 //! Needs node (>= 20), chromium (`apt-get install -y chromium`) and
 //! playwright-core (`npm ci` in clients/js); `.ci/run` installs them.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{sample, scrape, standalone};
+use imcloud_testkit::standalone::{sample, scrape, standalone};
 
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js")

@@ -1,12 +1,10 @@
 //! Both nodes' `/metrics`, scraped before and after real traffic: the
 //! counters an operator watches must move, with the right labels.
 
-mod common;
-
-use common::{sample, scrape, standalone};
 use imcloud::TokenArgs;
 use imcloud_client::{Client, ClientError};
 use imcloud_protocol::CloseReason;
+use imcloud_testkit::standalone::{sample, scrape, standalone};
 
 #[tokio::test]
 async fn counters_move_after_a_push() {

@@ -2,16 +2,14 @@
 //! connect a WebSocket client, authenticate, push over HTTP, see it arrive. Once in-process, once with
 //! the real binary (which must also drain on SIGTERM).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use common::any_ports;
 use imcloud::{Standalone, TokenArgs};
 use imcloud_client::Client;
 use imcloud_protocol::{CloseReason, Op};
+use imcloud_testkit::standalone::any_ports;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

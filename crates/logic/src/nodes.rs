@@ -48,43 +48,41 @@ pub(crate) struct Advisor {
 }
 
 impl Advisor {
+    /// The cloud nodes known now, least loaded first, with heartbeat and
+    /// reconnect advice.
     pub(crate) async fn advice(&self) -> Result<NodesAdvice, StoreError> {
-        nodes_advice(self).await
-    }
-}
-
-async fn nodes_advice(advisor: &Advisor) -> Result<NodesAdvice, StoreError> {
-    let online = advisor.store.online().await?;
-    let mut nodes: Vec<ClientNode> = advisor
-        .clouds
-        .nodes()
-        .into_iter()
-        .map(|cloud| ClientNode {
-            // Discovery's live connection count when it has one (Consul
-            // meta), else the room members the node last reported.
-            load: match cloud.load {
-                0 => online.servers.get(&cloud.id).copied().unwrap_or(0),
-                load => i64::try_from(load).unwrap_or(i64::MAX),
+        let online = self.store.online().await?;
+        let mut nodes: Vec<ClientNode> = self
+            .clouds
+            .nodes()
+            .into_iter()
+            .map(|cloud| ClientNode {
+                // Discovery's live connection count when it has one (Consul
+                // meta), else the room members the node last reported.
+                load: match cloud.load {
+                    0 => online.servers.get(&cloud.id).copied().unwrap_or(0),
+                    load => i64::try_from(load).unwrap_or(i64::MAX),
+                },
+                id: cloud.id,
+                ws: cloud.ws,
+                tcp: cloud.tcp,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.load.cmp(&b.load).then_with(|| a.id.cmp(&b.id)));
+        let heartbeat = self.heartbeat.as_secs() as i32;
+        Ok(NodesAdvice {
+            nodes,
+            heartbeat,
+            // The server closes a connection silent for two heartbeats.
+            heartbeat_max: 2,
+            backoff: Backoff {
+                base_delay: 1,
+                max_delay: 60,
+                factor: 1.6,
+                jitter: 0.2,
             },
-            id: cloud.id,
-            ws: cloud.ws,
-            tcp: cloud.tcp,
         })
-        .collect();
-    nodes.sort_by(|a, b| a.load.cmp(&b.load).then_with(|| a.id.cmp(&b.id)));
-    let heartbeat = advisor.heartbeat.as_secs() as i32;
-    Ok(NodesAdvice {
-        nodes,
-        heartbeat,
-        // The server closes a connection silent for two heartbeats.
-        heartbeat_max: 2,
-        backoff: Backoff {
-            base_delay: 1,
-            max_delay: 60,
-            factor: 1.6,
-            jitter: 0.2,
-        },
-    })
+    }
 }
 
 impl NodesAdvice {

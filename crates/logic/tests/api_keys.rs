@@ -1,12 +1,10 @@
 //! Backend APIs require the cluster's API key; nodes send it to each other.
 
-mod common;
-
-use common::{bind, cluster_keyed, token};
 use imcloud_auth::Secret;
 use imcloud_logic::{Listeners, Logic, LogicConfig, LogicError};
 use imcloud_proto::logic::PushAllReq;
 use imcloud_proto::logic::logic_client::LogicClient;
+use imcloud_testkit::cluster::{bind, cluster_keyed, token};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

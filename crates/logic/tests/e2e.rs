@@ -1,14 +1,12 @@
 //! Logic and cloud nodes end to end on 127.0.0.1:0: real WebSocket and TCP
 //! clients, real gRPC between the nodes, real HTTP pushes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{bind, cluster, token};
 use imcloud_proto::logic::logic_client::LogicClient;
 use imcloud_proto::logic::{NodesReq, PushMidsReq};
 use imcloud_protocol::Op;
+use imcloud_testkit::cluster::{bind, cluster, token};
 use serde_json::json;
 
 #[tokio::test]

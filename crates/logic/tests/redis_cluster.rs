@@ -1,15 +1,13 @@
 //! Two logic nodes and two cloud nodes sharing one real redis-server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cluster_of, token};
 use imcloud_client::{Client, ClientError};
 use imcloud_logic::SessionStoreKind;
-use imcloud_testkit::RedisServer;
+use imcloud_testkit::cluster::{cluster_of, token};
+use imcloud_testkit::{RedisServer, eventually};
 
-async fn shared_cluster(redis: &RedisServer) -> common::Cluster {
+async fn shared_cluster(redis: &RedisServer) -> imcloud_testkit::cluster::Cluster {
     let url = redis.url.clone();
     cluster_of(2, 2, move |_, config| {
         config.session_store = SessionStoreKind::Redis;
@@ -65,24 +63,19 @@ async fn redis_down_is_a_503_with_the_reason_and_its_return_heals() {
     // renewal; re-authenticating is the quickest way to make one here. A
     // client told "logic unavailable" retries, as the close code asks.
     let mut again = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    for _ in 0..50 {
-        tick.tick().await;
+    eventually("authenticated once Redis is back", async || {
         let mut client = Client::connect_ws(&cluster.clouds[0].ws_url)
             .await
             .expect("ws");
         match client.auth(token(8, Some("k8b"), "", &[])).await {
-            Ok(_) => {
-                again = Some(client);
-                break;
-            }
-            Err(ClientError::Closed(body)) if body.reconnect => {
-                eprintln!("retrying: {}", body.reason)
-            }
+            Ok(_) => again = Some(client),
+            Err(ClientError::Closed(body)) if body.reconnect => {}
             Err(err) => panic!("auth after the restart: {err}"),
         }
-    }
-    let mut again = again.expect("authenticated once Redis was back");
+        again.is_some()
+    })
+    .await;
+    let mut again = again.expect("authenticated");
     let (status, body) = cluster
         .post_form_to(1, "/im/push/mids", "mids=8&msg=back")
         .await;

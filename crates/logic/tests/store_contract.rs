@@ -1,8 +1,6 @@
 //! One contract, two session stores: the in-memory store and the Redis
 //! store (against a real redis-server) must behave the same.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

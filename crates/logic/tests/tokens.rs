@@ -1,17 +1,15 @@
 //! Client tokens end to end: signed JWTs and the webhook verifier, over
 //! both transports; every bad token refused with its own reason.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Cluster, bind, cluster_of};
 use imcloud_auth::Secret;
 use imcloud_client::{Client, ClientError};
 use imcloud_logic::{
     Claims, DEVELOPMENT_SECRET, Jwt, Listeners, Logic, LogicConfig, LogicError, VerifierKind,
 };
 use imcloud_protocol::CloseReason;
+use imcloud_testkit::cluster::{Cluster, bind, cluster_of};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "a-test-secret-of-some-length";

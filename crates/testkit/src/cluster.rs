@@ -1,8 +1,6 @@
 //! Logic and cloud nodes on 127.0.0.1:0 that know each other, for the
 //! end-to-end tests.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -193,7 +191,7 @@ impl Cluster {
     /// must once the cloud nodes have registered their sessions again.
     pub async fn push_until_routed(&self, logic: usize, mid: i64, msg: &str) {
         let form = format!("mids={mid}&msg={msg}");
-        imcloud_testkit::eventually("a push by mid routed to the user", async || {
+        crate::eventually("a push by mid routed to the user", async || {
             let (status, body) = self.post_form_to(logic, "/im/push/mids", &form).await;
             status == 200 && body["data"]["keys"] == 1
         })
@@ -283,7 +281,7 @@ impl Cluster {
         done: impl Fn(&Value) -> bool,
     ) -> Value {
         let mut last = Value::Null;
-        imcloud_testkit::eventually(path, async || {
+        crate::eventually(path, async || {
             let (status, body) = self.get_from(logic, path).await;
             last = body["data"].clone();
             status == 200 && done(&last)

@@ -1,8 +1,6 @@
 //! What the standalone tests share: a node on ports the OS picks, and a
 //! Prometheus text scrape.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::collections::HashMap;
 
 use imcloud::{Standalone, StandaloneFile};

@@ -1,12 +1,12 @@
 //! A real tonic logic server written for the tests, and a cloud node started
 //! on 127.0.0.1:0 that uses it.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use imcloud_cloud::{Cloud, CloudConfig, Listeners};
@@ -131,7 +131,7 @@ impl Logic for FakeLogic {
         let _ = self.events.send(Event::RenewOnline {
             rooms: request.into_inner().room_count,
         });
-        let totals = self.totals.lock().expect("totals").clone();
+        let totals = self.totals.lock().clone();
         Ok(Response::new(OnlineReply {
             all_room_count: totals,
         }))

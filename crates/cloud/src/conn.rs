@@ -344,10 +344,9 @@ fn transport_end(metrics: &Metrics, err: TransportError) -> End {
 async fn finish<T: Transport>(
     transport: &mut T,
     ctx: &ConnContext,
-    session: Option<Session>,
+    mut session: Option<Session>,
     end: End,
 ) {
-    let mut session = session;
     match &end {
         End::Close(body) => {
             let reason = body.close_reason().unwrap_or(CloseReason::ServerError);

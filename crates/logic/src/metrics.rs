@@ -37,10 +37,12 @@ struct OpLabel {
 }
 
 /// The session store operations timed (see `TimedStore`).
-const STORE_OPS: [&str; 7] = [
+const STORE_OPS: [&str; 9] = [
     "connect",
     "disconnect",
     "renew",
+    "renew_many",
+    "epoch",
     "servers_of_keys",
     "keys_of_mids",
     "report_online",

@@ -78,7 +78,8 @@ async fn counters_move_after_a_push() {
 
     let logic_after = scrape(logic).await;
     let moved = |series: &str| sample(&logic_after, series) - sample(&before_logic, series);
-    assert_eq!(moved("imcloud_logic_pushed_total{kind=\"keys\"}"), 1.0);
+    assert_eq!(moved("imcloud_logic_pushed_total{kind=\"mids\"}"), 1.0);
+    assert_eq!(moved("imcloud_logic_inbox_stored_total"), 1.0);
     assert_eq!(
         moved("imcloud_logic_grpc_calls_total{method=\"Connect\",code=\"OK\"}"),
         1.0

@@ -111,6 +111,11 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// Default deadline of one Redis call.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Default number of messages kept per user.
+pub const DEFAULT_INBOX_MAX: usize = 200;
+/// Default life of a user's inbox (and sequence counter) after its last write.
+pub const DEFAULT_INBOX_TTL: Duration = Duration::from_secs(72 * 3600);
+
 /// Configuration of one logic node.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +163,12 @@ pub struct LogicConfig {
     /// from a browser (CORS), like the demo page cloud nodes serve. Empty:
     /// no CORS headers, browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
+    /// Messages kept per user for devices that were away (the newest).
+    pub inbox_max: usize,
+    /// How long a user's inbox, and its sequence numbering, lives after the
+    /// last message; then numbering starts again at 1.
+    #[serde(with = "humantime_serde")]
+    pub inbox_ttl: Duration,
     /// Cloud nodes, for static discovery.
     pub cloud_nodes: Vec<ServiceNode>,
 }
@@ -182,6 +193,8 @@ impl Default for LogicConfig {
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             api_key: Secret::default(),
             cors_origins: Vec::new(),
+            inbox_max: DEFAULT_INBOX_MAX,
+            inbox_ttl: DEFAULT_INBOX_TTL,
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
                 grpc: "127.0.0.1:3109".to_owned(),
@@ -217,10 +230,14 @@ impl LogicConfig {
         for (field, value) in [
             ("online_ttl", self.online_ttl),
             ("call_timeout", self.call_timeout),
+            ("inbox_ttl", self.inbox_ttl),
         ] {
             if value.is_zero() {
                 return invalid(field, "must be longer than zero");
             }
+        }
+        if self.inbox_max == 0 {
+            return invalid("inbox_max", "must be at least 1");
         }
         if self.max_push_targets == 0 || self.max_push_body == 0 {
             return invalid("max_push_targets/max_push_body", "must be at least 1");

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
+use crate::inbox::InboxStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
 use crate::push::{Message, Pusher};
@@ -25,6 +26,7 @@ use crate::webhook::ReceiveWebhook;
 pub(crate) struct LogicService {
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) inbox: Arc<dyn InboxStore>,
     pub(crate) pusher: Arc<Pusher>,
     pub(crate) advisor: Arc<Advisor>,
     pub(crate) metrics: Arc<Metrics>,
@@ -227,6 +229,7 @@ impl Logic for LogicService {
         Ok(Response::new(PushMidsReply {
             nodes: delivered.nodes as i32,
             keys: delivered.keys.unwrap_or(0) as i32,
+            stored: delivered.stored.unwrap_or(0) as i32,
         }))
     }
 
@@ -253,6 +256,25 @@ impl Logic for LogicService {
         let delivered = self.pusher.push_all(request.speed, message).await?;
         Ok(Response::new(PushAllReply {
             nodes: delivered.nodes as i32,
+        }))
+    }
+
+    async fn inbox(&self, request: Request<InboxReq>) -> Result<Response<InboxReply>, Status> {
+        let request = request.into_inner();
+        let kept = self.inbox.since(request.mid, request.since).await?;
+        Ok(Response::new(InboxReply {
+            mid: request.mid,
+            last: kept.last,
+            oldest: kept.oldest,
+            messages: kept
+                .messages
+                .into_iter()
+                .map(|kept| InboxMessage {
+                    seq: kept.seq,
+                    op: kept.op,
+                    body: kept.body,
+                })
+                .collect(),
         }))
     }
 }

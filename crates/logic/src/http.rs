@@ -17,11 +17,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use imcloud_auth::ApiKey;
 use imcloud_protocol::RoomId;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DEVELOPMENT_SECRET;
+use crate::inbox::InboxStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
 use crate::params::{Params, PushRequest};
@@ -34,6 +37,8 @@ pub(crate) struct Api {
     pub(crate) pusher: Arc<Pusher>,
     /// Online counts.
     pub(crate) store: Arc<dyn SessionStore>,
+    /// Users' kept messages.
+    pub(crate) inbox: Arc<dyn InboxStore>,
     pub(crate) advisor: Arc<Advisor>,
     pub(crate) metrics: Arc<Metrics>,
     /// Required on backend routes.
@@ -61,6 +66,7 @@ pub(crate) async fn serve(
         .route("/{style}/online/top", get(online_top))
         .route("/{style}/online/room", get(online_room))
         .route("/{style}/online/total", get(online_total))
+        .route("/im/inbox", get(inbox))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_key));
     let app = Router::new()
         .merge(backend)
@@ -255,6 +261,31 @@ async fn online_total(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiErr
         "conn_count": online.servers.values().sum::<i64>(),
         "room_count": online.rooms.len(),
         "node_count": online.servers.len(),
+    })))
+}
+
+/// `GET /im/inbox?mid=&since=`: what a user's inbox keeps after `since`
+/// (default 0: everything kept), bodies in base64.
+async fn inbox(
+    State(api): State<Arc<Api>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::from_query(query.as_deref());
+    let mid: i64 = params
+        .number("mid")?
+        .ok_or_else(|| ApiError::bad("mid is required"))?;
+    let since: u64 = params.number("since")?.unwrap_or(0);
+    let kept = api.inbox.since(mid, since).await?;
+    let messages: Vec<Value> = kept
+        .messages
+        .iter()
+        .map(|kept| json!({"seq": kept.seq, "op": kept.op, "body": BASE64.encode(&kept.body)}))
+        .collect();
+    Ok(ok(json!({
+        "mid": mid,
+        "last": kept.last,
+        "oldest": kept.oldest,
+        "messages": messages,
     })))
 }
 

@@ -8,12 +8,14 @@
 pub mod config;
 mod grpc;
 mod http;
+mod inbox;
 mod memory;
 mod metrics;
 mod node;
 mod nodes;
 mod params;
 mod push;
+mod redis_inbox;
 mod redis_store;
 mod router;
 mod session;
@@ -25,10 +27,11 @@ pub use config::{
     DEVELOPMENT_SECRET, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind, TokenWebhookConfig,
     VerifierKind,
 };
+pub use inbox::{InboxLimits, InboxStore, Kept, MemoryInbox, Since};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use node::{Listeners, Logic, LogicError, run};
 pub use push::{DEFAULT_OPERATION, Delivered, Message, PushError};
 pub use redis_store::RedisStore;
-pub use session::{Online, SessionStore, StoreError};
+pub use session::{Online, Route, SessionStore, StoreError};
 pub use verifier::{Claims, Identity, InsecureJson, Jwt, TokenVerifier, VerifyError, Webhook};

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
-use crate::session::{Online, SessionStore, StoreError};
+use crate::session::{Online, Route, SessionStore, StoreError};
 
 /// Sessions in this process's memory, with lazy expiry and a periodic sweep.
 #[derive(Debug)]
@@ -137,15 +137,21 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
-    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<Route>, StoreError> {
         let now = Instant::now();
         let state = self.lock();
         Ok(mids
             .iter()
-            .filter_map(|mid| state.mids.get(mid))
-            .flatten()
-            .filter(|(_, entry)| entry.expires > now)
-            .map(|(key, entry)| (key.clone(), entry.server.clone()))
+            .filter_map(|mid| Some((*mid, state.mids.get(mid)?)))
+            .flat_map(|(mid, keys)| {
+                keys.iter()
+                    .filter(|(_, entry)| entry.expires > now)
+                    .map(move |(key, entry)| Route {
+                        mid,
+                        key: key.clone(),
+                        server: entry.server.clone(),
+                    })
+            })
             .collect())
     }
 
@@ -199,7 +205,14 @@ mod tests {
         store.renew(1, "renewed", "c").await.expect("renew");
         tokio::time::advance(Duration::from_secs(40)).await;
         let keys = store.keys_of_mids(&[1]).await.expect("keys");
-        assert_eq!(keys, [("renewed".to_owned(), "c".to_owned())]);
+        assert_eq!(
+            keys,
+            [Route {
+                mid: 1,
+                key: "renewed".to_owned(),
+                server: "c".to_owned()
+            }]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,6 +24,8 @@ pub struct Metrics {
     pushed: Family<KindLabel, Counter>,
     connects: Family<ResultLabel, Counter>,
     received: Counter,
+    /// Messages numbered and kept in users' inboxes (one per user).
+    stored: Counter,
     limits: Family<KindLabel, Counter>,
     store_seconds: StoreHistograms,
     store_errors: Family<OpLabel, Counter>,
@@ -57,6 +59,7 @@ impl Default for Metrics {
         let pushed = Family::<KindLabel, Counter>::default();
         let connects = Family::<ResultLabel, Counter>::default();
         let received = Counter::default();
+        let stored = Counter::default();
         let limits = Family::<KindLabel, Counter>::default();
         let store_seconds: StoreHistograms = Family::new_with_constructor(latency_histogram);
         let store_errors = Family::<OpLabel, Counter>::default();
@@ -91,8 +94,13 @@ impl Default for Metrics {
             "Client messages (op 4) received",
             received.clone(),
         );
+        registry.register(
+            "inbox_stored",
+            "Messages numbered and kept in users' inboxes (one per user)",
+            stored.clone(),
+        );
         // Known label sets start at zero (see the cloud node's metrics).
-        for kind in ["keys", "room", "all"] {
+        for kind in ["keys", "mids", "room", "all"] {
             let _ = pushed.get_or_create(&KindLabel { kind });
         }
         for result in ["ok", "refused"] {
@@ -109,6 +117,7 @@ impl Default for Metrics {
             pushed,
             connects,
             received,
+            stored,
             limits,
             store_seconds,
             store_errors,
@@ -141,6 +150,10 @@ impl Metrics {
 
     pub(crate) fn limit_hit(&self, limit: &'static str) {
         self.limits.get_or_create(&KindLabel { kind: limit }).inc();
+    }
+
+    pub(crate) fn stored(&self, users: usize) {
+        self.stored.inc_by(users as u64);
     }
 
     pub(crate) fn received(&self) {

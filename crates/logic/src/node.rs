@@ -16,6 +16,7 @@ use crate::config::{
 };
 use crate::grpc::LogicService;
 use crate::http::Api;
+use crate::inbox::{InboxLimits, InboxStore, MemoryInbox};
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
@@ -97,26 +98,39 @@ impl Logic {
         discovery: &dyn Discovery,
         shutdown: CancellationToken,
     ) -> Result<Logic, LogicError> {
-        let store: Arc<dyn SessionStore> = match config.session_store {
-            SessionStoreKind::Memory => {
-                Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl))
-            }
-            SessionStoreKind::Redis => Arc::new(RedisStore::new(
-                &config.redis_url,
-                &config.redis_prefix,
-                config.session_ttl,
-                config.online_ttl,
-                config.redis_timeout,
-            )?),
+        let limits = InboxLimits {
+            max: config.inbox_max,
+            ttl: config.inbox_ttl,
         };
-        Logic::start_with(listeners, config, store, discovery, shutdown)
+        let (store, inbox): (Arc<dyn SessionStore>, Arc<dyn InboxStore>) =
+            match config.session_store {
+                SessionStoreKind::Memory => (
+                    Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl)),
+                    Arc::new(MemoryInbox::new(limits)),
+                ),
+                SessionStoreKind::Redis => {
+                    let redis = Arc::new(
+                        RedisStore::new(
+                            &config.redis_url,
+                            &config.redis_prefix,
+                            config.session_ttl,
+                            config.online_ttl,
+                            config.redis_timeout,
+                        )?
+                        .with_inbox(limits),
+                    );
+                    (redis.clone(), redis)
+                }
+            };
+        Logic::start_with(listeners, config, store, inbox, discovery, shutdown)
     }
 
-    /// Starts serving with this session store and discovery.
+    /// Starts serving with these stores and discovery.
     pub fn start_with(
         listeners: Listeners,
         config: LogicConfig,
         store: Arc<dyn SessionStore>,
+        inbox: Arc<dyn InboxStore>,
         discovery: &dyn Discovery,
         shutdown: CancellationToken,
     ) -> Result<Logic, LogicError> {
@@ -142,6 +156,7 @@ impl Logic {
         ));
         let pusher = Arc::new(Pusher::new(
             store.clone(),
+            inbox.clone(),
             clouds.clone(),
             metrics.clone(),
             config.max_push_targets,
@@ -155,6 +170,7 @@ impl Logic {
         let grpc = LogicService {
             verifier,
             store: store.clone(),
+            inbox: inbox.clone(),
             pusher: pusher.clone(),
             advisor: advisor.clone(),
             metrics: metrics.clone(),
@@ -171,6 +187,7 @@ impl Logic {
         let http = Api {
             pusher,
             store,
+            inbox,
             advisor,
             metrics: metrics.clone(),
             api_key: key.clone(),

@@ -1,7 +1,7 @@
 //! Backend pushes, whatever API they came through: find the receivers'
 //! cloud nodes and hand each node its share, concurrently.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use imcloud_protocol::RoomId;
 use serde::Serialize;
 use tracing::{debug, warn};
 
+use crate::inbox::InboxStore;
 use crate::metrics::Metrics;
 use crate::router::{CloudClient, Clouds, NodeResult};
 use crate::session::{SessionStore, StoreError};
@@ -50,9 +51,20 @@ pub struct Delivered {
     /// Connection keys it was handed for (pushes by key or mid).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<usize>,
+    /// Users whose inbox numbered and kept it (pushes by mid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<usize>,
     /// Cloud nodes that could not take it, with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
+}
+
+/// What one call to a cloud node carries for a push by key or mid: the
+/// keys, and the user's sequence number (0 for pushes by key).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Batch {
+    keys: Vec<String>,
+    seq: u64,
 }
 
 /// A push's message: what clients receive as a packet of op `operation`.
@@ -89,33 +101,47 @@ impl Message {
     }
 }
 
-/// The answer of a push, from what each node did with its call: `keys`
-/// counts the keys handed to the nodes that took them (pushes by key or
-/// mid). Fails when nodes were concerned and none took it.
-fn settle(results: Vec<NodeResult<Vec<String>>>, count_keys: bool) -> Result<Delivered, PushError> {
-    let mut delivered = Delivered {
-        keys: count_keys.then_some(0),
-        ..Delivered::default()
-    };
-    let concerned = results.len();
+/// The answer of a push, from what each call did: `nodes` counts the
+/// cloud nodes that took at least one call, `keys` the keys handed to them
+/// (pushes by key or mid).
+fn settle(results: Vec<NodeResult<Batch>>, count_keys: bool) -> Delivered {
+    let mut reached = BTreeSet::new();
+    let mut failed = BTreeMap::new();
+    let mut keys = 0;
     for result in results {
         match result.outcome {
             Ok(()) => {
-                delivered.nodes += 1;
-                if let Some(keys) = &mut delivered.keys {
-                    *keys += result.handed.len();
-                }
+                keys += result.handed.keys.len();
+                reached.insert(result.node);
             }
-            Err(why) => delivered.failed.push(format!("{}: {why}", result.node)),
+            Err(why) => {
+                failed.entry(result.node).or_insert(why);
+            }
         }
     }
-    if concerned > 0 && delivered.nodes == 0 {
-        return Err(PushError::NoCloudReachable(delivered.failed.join("; ")));
+    let failed: Vec<String> = failed
+        .into_iter()
+        .map(|(node, why)| format!("{node}: {why}"))
+        .collect();
+    if !failed.is_empty() {
+        warn!(failed = ?failed, "push reached only some cloud nodes");
     }
-    if !delivered.failed.is_empty() {
-        warn!(failed = ?delivered.failed, "push reached only some cloud nodes");
+    Delivered {
+        nodes: reached.len(),
+        keys: count_keys.then_some(keys),
+        stored: None,
+        failed,
     }
-    Ok(delivered)
+}
+
+impl Delivered {
+    /// Fails a push that no cloud node concerned took: nothing keeps it.
+    fn reached_some(self) -> Result<Delivered, PushError> {
+        if self.nodes == 0 && !self.failed.is_empty() {
+            return Err(PushError::NoCloudReachable(self.failed.join("; ")));
+        }
+        Ok(self)
+    }
 }
 
 /// Who a push is for.
@@ -136,6 +162,8 @@ pub(crate) enum Target {
 /// API, the gRPC API (and later ways in) all hold one.
 pub(crate) struct Pusher {
     store: Arc<dyn SessionStore>,
+    /// Where pushes by mid are numbered and kept before they are delivered.
+    inbox: Arc<dyn InboxStore>,
     clouds: Arc<Clouds>,
     metrics: Arc<Metrics>,
     /// Most keys or mids in one push.
@@ -145,12 +173,14 @@ pub(crate) struct Pusher {
 impl Pusher {
     pub(crate) fn new(
         store: Arc<dyn SessionStore>,
+        inbox: Arc<dyn InboxStore>,
         clouds: Arc<Clouds>,
         metrics: Arc<Metrics>,
         max_targets: usize,
     ) -> Self {
         Pusher {
             store,
+            inbox,
             clouds,
             metrics,
             max_targets,
@@ -193,64 +223,94 @@ impl Pusher {
     ) -> Result<Delivered, PushError> {
         self.check_targets(keys.len(), "keys")?;
         let found = self.store.servers_of_keys(&keys).await?;
-        self.push_found(found, message).await
+        let mut by_server: HashMap<String, Batch> = HashMap::new();
+        for (key, server) in found {
+            by_server.entry(server).or_default().keys.push(key);
+        }
+        let delivered = self
+            .push_batches(by_server.into_iter().collect(), &message)
+            .await
+            .reached_some()?;
+        self.metrics.pushed("keys", delivered.keys.unwrap_or(0));
+        Ok(delivered)
     }
 
-    /// Pushes to users: every key of every mid.
+    /// Pushes to users: the message is numbered and kept in each user's
+    /// inbox first (a store that cannot take it fails the push, so nothing
+    /// unnumbered is ever delivered), then goes to every key of every user
+    /// with that user's sequence number: one `PushMsg` per user and cloud node.
+    /// Once stored, the push is answered as done even if no cloud node took
+    /// it (`failed` says which did not): devices get it when they resume,
+    /// and a backend that retried would only store it twice.
     pub(crate) async fn push_mids(
         &self,
         mids: Vec<i64>,
         message: Message,
     ) -> Result<Delivered, PushError> {
         self.check_targets(mids.len(), "mids")?;
-        let found = self.store.keys_of_mids(&mids).await?;
-        self.push_found(found, message).await
+        let seqs: HashMap<i64, u64> = mids
+            .iter()
+            .copied()
+            .zip(
+                self.inbox
+                    .store(&mids, message.operation, &message.body)
+                    .await?,
+            )
+            .collect();
+        let mut batches: HashMap<(String, i64), Batch> = HashMap::new();
+        for route in self.store.keys_of_mids(&mids).await? {
+            let batch = batches.entry((route.server, route.mid)).or_default();
+            batch.seq = seqs.get(&route.mid).copied().unwrap_or(0);
+            batch.keys.push(route.key);
+        }
+        let batches = batches
+            .into_iter()
+            .map(|((server, _), batch)| (server, batch))
+            .collect();
+        self.metrics.stored(seqs.len());
+        let mut delivered = self.push_batches(batches, &message).await;
+        delivered.stored = Some(seqs.len());
+        self.metrics.pushed("mids", delivered.keys.unwrap_or(0));
+        Ok(delivered)
     }
 
-    async fn push_found(
-        &self,
-        found: Vec<(String, String)>,
-        message: Message,
-    ) -> Result<Delivered, PushError> {
-        let mut by_server: HashMap<String, Vec<String>> = HashMap::new();
-        for (key, server) in found {
-            by_server.entry(server).or_default().push(key);
-        }
+    /// Hands each cloud node its batches, concurrently.
+    async fn push_batches(&self, batches: Vec<(String, Batch)>, message: &Message) -> Delivered {
         let nodes = self.clouds.nodes();
         let mut unknown = Vec::new();
         let mut targets = Vec::new();
-        for (server, keys) in by_server {
+        for (server, batch) in batches {
             match nodes.iter().find(|node| node.id == server) {
-                Some(node) => targets.push((node.clone(), keys)),
+                Some(node) => targets.push((node.clone(), batch)),
                 None => unknown.push(NodeResult {
                     node: server,
-                    handed: keys,
+                    handed: batch,
                     outcome: Err("not a known cloud node".to_owned()),
                 }),
             }
         }
         debug!(
-            nodes = targets.len(),
+            calls = targets.len(),
             op = message.operation,
             "push to keys"
         );
-        let proto = message.proto();
         let mut results = self
             .clouds
-            .fan_out(targets, |mut client, keys| {
+            .fan_out(targets, |mut client, batch: Batch| {
+                let mut proto = message.proto();
+                // The header's seq is 32 bits; a user's numbering wraps there.
+                proto.seq = batch.seq as u32 as i32;
                 let request = PushMsgReq {
-                    keys,
+                    keys: batch.keys,
                     // Targeted pushes reach the connection whatever it watches.
                     proto_op: 0,
-                    proto: Some(proto.clone()),
+                    proto: Some(proto),
                 };
                 async move { client.push_msg(request).await.map(drop) }
             })
             .await;
         results.extend(unknown);
-        let delivered = settle(results, true)?;
-        self.metrics.pushed("keys", delivered.keys.unwrap_or(0));
-        Ok(delivered)
+        settle(results, true)
     }
 
     /// Pushes to a room on every cloud node.
@@ -311,7 +371,7 @@ impl Pusher {
             .clouds
             .nodes()
             .into_iter()
-            .map(|node| (node, Vec::new()))
+            .map(|node| (node, Batch::default()))
             .collect();
         if targets.is_empty() {
             return Err(PushError::NoCloudReachable(
@@ -319,7 +379,7 @@ impl Pusher {
             ));
         }
         let results = self.clouds.fan_out(targets, |client, _| call(client)).await;
-        let delivered = settle(results, false)?;
+        let delivered = settle(results, false).reached_some()?;
         self.metrics.pushed(kind, delivered.nodes);
         Ok(delivered)
     }

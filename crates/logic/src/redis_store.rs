@@ -21,7 +21,9 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::session::{Online, SessionStore, StoreError};
+use crate::config::{DEFAULT_INBOX_MAX, DEFAULT_INBOX_TTL};
+use crate::inbox::InboxLimits;
+use crate::session::{Online, Route, SessionStore, StoreError};
 
 const UPDATED: &str = "@updated";
 
@@ -53,6 +55,9 @@ pub struct RedisStore {
     timeout: Duration,
     down: AtomicBool,
     disconnect: Script,
+    /// How users' inboxes are bounded (see `redis_inbox.rs`).
+    pub(crate) inbox: InboxLimits,
+    pub(crate) store_message: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -90,7 +95,23 @@ impl RedisStore {
             timeout,
             down: AtomicBool::new(false),
             disconnect: Script::new(DISCONNECT),
+            inbox: InboxLimits {
+                max: DEFAULT_INBOX_MAX,
+                ttl: DEFAULT_INBOX_TTL,
+            },
+            store_message: Script::new(crate::redis_inbox::STORE_MESSAGE),
         })
+    }
+
+    /// The same store, bounding users' inboxes by `limits`.
+    pub fn with_inbox(mut self, limits: InboxLimits) -> Self {
+        self.inbox = limits;
+        self
+    }
+
+    /// The Redis key of `name` under this store's prefix.
+    pub(crate) fn prefixed(&self, name: std::fmt::Arguments<'_>) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     fn mid_key(&self, mid: i64) -> String {
@@ -131,7 +152,7 @@ impl RedisStore {
 
     /// Runs one store operation under the deadline, logging an outage once
     /// when it starts and once when it ends.
-    async fn run<T>(
+    pub(crate) async fn run<T>(
         &self,
         op: impl AsyncFnOnce(MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
@@ -256,7 +277,7 @@ impl SessionStore for RedisStore {
             .collect())
     }
 
-    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<Route>, StoreError> {
         if mids.is_empty() {
             return Ok(Vec::new());
         }
@@ -267,7 +288,17 @@ impl SessionStore for RedisStore {
         let all: Vec<HashMap<String, String>> = self
             .run(async |mut conn| pipe.query_async(&mut conn).await)
             .await?;
-        Ok(all.into_iter().flatten().collect())
+        Ok(mids
+            .iter()
+            .zip(all)
+            .flat_map(|(mid, keys)| {
+                keys.into_iter().map(|(key, server)| Route {
+                    mid: *mid,
+                    key,
+                    server,
+                })
+            })
+            .collect())
     }
 
     async fn report_online(

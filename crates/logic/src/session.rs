@@ -11,6 +11,17 @@ use async_trait::async_trait;
 #[error("session store unavailable: {0}")]
 pub struct StoreError(pub String);
 
+/// Where one connection of a user is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    /// The user.
+    pub mid: i64,
+    /// The connection's key.
+    pub key: String,
+    /// The cloud node holding it.
+    pub server: String,
+}
+
 /// Room counts merged over the cloud nodes that reported recently.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Online {
@@ -47,8 +58,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The server of each known key, as `(key, server)`.
     async fn servers_of_keys(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError>;
 
-    /// Every key of these users with its server, as `(key, server)`.
-    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError>;
+    /// Every connection of these users, with its server.
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<Route>, StoreError>;
 
     /// Stores a cloud node's room counts.
     async fn report_online(

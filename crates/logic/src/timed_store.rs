@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use crate::metrics::Metrics;
-use crate::session::{Online, SessionStore, StoreError};
+use crate::session::{Online, Route, SessionStore, StoreError};
 
 pub(crate) struct TimedStore {
     inner: Arc<dyn SessionStore>,
@@ -63,7 +63,7 @@ impl SessionStore for TimedStore {
             .await
     }
 
-    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+    async fn keys_of_mids(&self, mids: &[i64]) -> Result<Vec<Route>, StoreError> {
         self.time("keys_of_mids", self.inner.keys_of_mids(mids))
             .await
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use imcloud_proto::logic::logic_client::LogicClient;
-use imcloud_proto::logic::{NodesReq, PushMidsReq};
+use imcloud_proto::logic::{InboxReq, NodesReq, PushMidsReq};
 use imcloud_protocol::Op;
 use imcloud_testkit::cluster::{bind, cluster, token};
 use serde_json::json;
@@ -211,7 +211,7 @@ async fn a_mid_push_reaches_devices_on_two_cloud_nodes() {
         .post_form("/im/push/mids", "mids=9&msg=everywhere")
         .await;
     assert_eq!(status, 200);
-    assert_eq!(body["data"], json!({"nodes": 2, "keys": 2}));
+    assert_eq!(body["data"], json!({"nodes": 2, "keys": 2, "stored": 1}));
     assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"everywhere");
     assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"everywhere");
 
@@ -353,4 +353,73 @@ async fn sessions_come_back_by_themselves_after_logic_restarts() {
     cluster.restart_logic(0).await;
     cluster.push_until_routed(0, 5, "back").await;
     assert_eq!(&client.recv_push().await.expect("back").body[..], b"back");
+}
+
+/// Pushes by mid are numbered per user (the packet's seq: 1, 2, 3), kept
+/// in the user's inbox before they are answered (`stored`), also while no
+/// device is connected, and readable by backends over HTTP and gRPC.
+#[tokio::test]
+async fn pushes_by_mid_are_numbered_and_kept_in_the_users_inbox() {
+    let cluster = cluster(1, |_| {}).await;
+    let mut phone = cluster.ws(0, token(5, Some("p5"), "", &[])).await;
+    for (n, text) in ["one", "two", "three"].into_iter().enumerate() {
+        let (status, body) = cluster
+            .post_form("/im/push/mids", &format!("mids=5&msg={text}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["data"]["stored"], &body["data"]["keys"]),
+            (&json!(1), &json!(1))
+        );
+        let got = phone.recv_push().await.expect("push");
+        assert_eq!((got.seq, &got.body[..]), (n as u32 + 1, text.as_bytes()));
+    }
+    // Pushes by key keep seq 0: they are not numbered.
+    let (_, body) = cluster.post_form("/im/push/keys", "keys=p5&msg=k").await;
+    assert!(body["data"].get("stored").is_none(), "{body}");
+    assert_eq!(phone.recv_push().await.expect("by key").seq, 0);
+
+    // Nobody online: stored all the same, written to no device.
+    let (_, body) = cluster
+        .post_form("/im/push/mids", "mids=9&msg=hi&operation=1002")
+        .await;
+    assert_eq!(
+        (&body["data"]["stored"], &body["data"]["keys"]),
+        (&json!(1), &json!(0))
+    );
+    let (status, inbox) = cluster.get("/im/inbox?mid=9&since=0").await;
+    assert_eq!(status, 200, "{inbox}");
+    assert_eq!(
+        inbox["data"],
+        json!({"mid": 9, "last": 1, "oldest": 1, "messages": [{"seq": 1, "op": 1002, "body": "aGk="}]})
+    );
+    let (_, inbox) = cluster.get("/im/inbox?mid=5&since=2").await;
+    assert_eq!(inbox["data"]["last"], 3);
+    assert_eq!(inbox["data"]["messages"][0]["seq"], 3, "{inbox}");
+    let (status, _) = cluster.get("/im/inbox?since=1").await;
+    assert_eq!(status, 400, "mid is required");
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut logic = LogicClient::new(channel);
+    let reply = logic
+        .push_mids(PushMidsReq {
+            mids: vec!["9".into()],
+            msg: b"again".to_vec().into(),
+            operation: 1000,
+        })
+        .await
+        .expect("push_mids")
+        .into_inner();
+    assert_eq!(reply.stored, 1);
+    let kept = logic
+        .inbox(InboxReq { mid: 9, since: 1 })
+        .await
+        .expect("inbox")
+        .into_inner();
+    assert_eq!((kept.last, kept.oldest, kept.messages.len()), (2, 1, 1));
+    assert_eq!(&kept.messages[0].body[..], b"again");
 }

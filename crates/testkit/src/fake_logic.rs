@@ -169,6 +169,9 @@ impl Logic for FakeLogic {
     async fn push_room(&self, _: Request<PushRoomReq>) -> Result<Response<PushRoomReply>, Status> {
         Err(Status::unimplemented("push_room"))
     }
+    async fn inbox(&self, _: Request<InboxReq>) -> Result<Response<InboxReply>, Status> {
+        Err(Status::unimplemented("inbox"))
+    }
     async fn push_all(&self, _: Request<PushAllReq>) -> Result<Response<PushAllReply>, Status> {
         Err(Status::unimplemented("push_all"))
     }

@@ -275,6 +275,12 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 
+    /// Ends the connection from the server's side.
+    async fn close(mut upgrade: Upgrade) {
+        let body = CloseBody::new(imcloud_protocol::CloseReason::Draining, None);
+        upgrade.transport.shutdown(Some(&body)).await;
+    }
+
     /// A server-side upgraded connection, and its client collecting every
     /// binary frame until the connection closes.
     async fn upgraded(config: &CloudConfig) -> (Upgrade, JoinHandle<Vec<bytes::Bytes>>) {
@@ -322,13 +328,7 @@ mod tests {
             .send(&packets[1..], &mut 0)
             .await
             .expect("three");
-        upgrade
-            .transport
-            .shutdown(Some(&CloseBody::new(
-                imcloud_protocol::CloseReason::Draining,
-                None,
-            )))
-            .await;
+        close(upgrade).await;
 
         let frames = client.await.expect("client");
         assert_eq!(frames.len(), 3);
@@ -371,13 +371,7 @@ mod tests {
                 .await
                 .expect("send");
         }
-        upgrade
-            .transport
-            .shutdown(Some(&CloseBody::new(
-                imcloud_protocol::CloseReason::Draining,
-                None,
-            )))
-            .await;
+        close(upgrade).await;
         let frames = client.await.expect("client");
         let expected: Vec<&[u8]> = packets.iter().map(|p| &p.as_bytes()[..]).collect();
         let got: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use imcloud_proto::logic::logic_client::LogicClient;
 use imcloud_proto::logic::{InboxReq, NodesReq, PushMidsReq};
 use imcloud_protocol::Op;
 use imcloud_testkit::cluster::{bind, cluster, token};
@@ -216,12 +215,7 @@ async fn a_mid_push_reaches_devices_on_two_cloud_nodes() {
     assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"everywhere");
 
     // The same through gRPC, and the nodes advice lists both.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut logic = LogicClient::new(channel);
+    let mut logic = cluster.logic_grpc().await;
     let reply = logic
         .push_mids(PushMidsReq {
             mids: vec!["9".into()],
@@ -399,12 +393,7 @@ async fn pushes_by_mid_are_numbered_and_kept_in_the_users_inbox() {
     let (status, _) = cluster.get("/im/inbox?since=1").await;
     assert_eq!(status, 400, "mid is required");
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut logic = LogicClient::new(channel);
+    let mut logic = cluster.logic_grpc().await;
     let reply = logic
         .push_mids(PushMidsReq {
             mids: vec!["9".into()],

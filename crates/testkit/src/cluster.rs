@@ -9,9 +9,11 @@ use imcloud_client::Client;
 use imcloud_cloud::{Cloud, CloudConfig};
 use imcloud_discovery::ServiceNode;
 use imcloud_logic::{Logic, LogicConfig};
+use imcloud_proto::logic::logic_client::LogicClient;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 pub async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind")
@@ -196,6 +198,16 @@ impl Cluster {
             status == 200 && body["data"]["keys"] == 1
         })
         .await;
+    }
+
+    /// A gRPC client of the first logic node (no API key).
+    pub async fn logic_grpc(&self) -> LogicClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        LogicClient::new(channel)
     }
 
     pub async fn ws(&self, node: usize, token: String) -> Client {

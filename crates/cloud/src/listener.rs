@@ -1,6 +1,7 @@
 //! Accepting clients: one loop per listener, one task per connection.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,35 +151,41 @@ impl Doorway {
     }
 }
 
-async fn handle(stream: TcpStream, kind: Kind, doorway: Arc<Doorway>) {
-    let _ = stream.set_nodelay(true);
-    let ip = stream
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
-    let permit = doorway.admit(ip);
-    let conns = doorway.conns.clone();
-    match kind {
-        Kind::Tcp => {
-            let transport = TcpTransport::new(stream, doorway.ws.max_body);
-            drop(doorway);
-            conn::serve(transport, conns, String::new(), permit).await;
-        }
-        Kind::Ws => {
-            let upgrade = tokio::time::timeout(
-                conns.limits.handshake_timeout,
-                ws::accept(stream, &doorway.ws),
-            );
-            // Boxed, and taken apart in its own statement: the handshake
-            // future, a match around the `serve` call, or a half-moved
-            // `Upgrade` would otherwise stay in the connection's state for
-            // its whole life.
-            let (transport, cookie) = match Box::pin(upgrade).await {
-                Ok(Ok(Upgrade { transport, cookie })) => (transport, cookie),
-                Ok(Err(err)) => return debug!(error = %err, "websocket upgrade refused"),
-                Err(_) => return debug!("websocket upgrade timed out"),
-            };
-            drop(doorway);
-            conn::serve(transport, conns, cookie, permit).await;
+/// Serves one accepted socket. A plain function returning an `async move`
+/// block, not an `async fn`: an async fn keeps a second copy of its
+/// arguments (the stream, the doorway) for the connection's whole life.
+#[allow(clippy::manual_async_fn)]
+fn handle(stream: TcpStream, kind: Kind, doorway: Arc<Doorway>) -> impl Future<Output = ()> + Send {
+    async move {
+        let _ = stream.set_nodelay(true);
+        let ip = stream
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
+        let permit = doorway.admit(ip);
+        let conns = doorway.conns.clone();
+        match kind {
+            Kind::Tcp => {
+                let transport = TcpTransport::new(stream, doorway.ws.max_body);
+                drop(doorway);
+                conn::serve(transport, conns, String::new(), permit).await;
+            }
+            Kind::Ws => {
+                let upgrade = tokio::time::timeout(
+                    conns.limits.handshake_timeout,
+                    ws::accept(stream, &doorway.ws),
+                );
+                // Boxed, and taken apart in its own statement: the handshake
+                // future, a match around the `serve` call, or a half-moved
+                // `Upgrade` would otherwise stay in the connection's state for
+                // its whole life.
+                let (transport, cookie) = match Box::pin(upgrade).await {
+                    Ok(Ok(Upgrade { transport, cookie })) => (transport, cookie),
+                    Ok(Err(err)) => return debug!(error = %err, "websocket upgrade refused"),
+                    Err(_) => return debug!("websocket upgrade timed out"),
+                };
+                drop(doorway);
+                conn::serve(transport, conns, cookie, permit).await;
+            }
         }
     }
 }

@@ -115,6 +115,12 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_INBOX_MAX: usize = 200;
 /// Default life of a user's inbox (and sequence counter) after its last write.
 pub const DEFAULT_INBOX_TTL: Duration = Duration::from_secs(72 * 3600);
+/// Default time a device has to acknowledge a message before it goes to the
+/// offline webhook.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a cloud node holds a new connection's user pushes, waiting
+/// for its resume (op 18).
+pub const DEFAULT_RESUME_WAIT: Duration = Duration::from_millis(200);
 
 /// Configuration of one logic node.
 #[derive(Clone, Debug, Deserialize)]
@@ -169,6 +175,19 @@ pub struct LogicConfig {
     /// last message; then numbering starts again at 1.
     #[serde(with = "humantime_serde")]
     pub inbox_ttl: Duration,
+    /// A message no device of its user acknowledged (op 20) this long after
+    /// it was stored goes to `offline_webhook`.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Where unacknowledged messages are POSTed (raw body; `x-imcloud-mid`,
+    /// `x-imcloud-seq`, `x-imcloud-op` headers), so the backend can send a
+    /// mobile notification instead. None: not tracked.
+    pub offline_webhook: Option<String>,
+    /// How long a cloud node holds a new connection's user pushes waiting
+    /// for its resume (op 18), so a replay comes before live pushes. Cloud
+    /// nodes learn it from Connect; zero: no hold.
+    #[serde(with = "humantime_serde")]
+    pub resume_wait: Duration,
     /// Cloud nodes, for static discovery.
     pub cloud_nodes: Vec<ServiceNode>,
 }
@@ -195,6 +214,9 @@ impl Default for LogicConfig {
             cors_origins: Vec::new(),
             inbox_max: DEFAULT_INBOX_MAX,
             inbox_ttl: DEFAULT_INBOX_TTL,
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
+            offline_webhook: None,
+            resume_wait: DEFAULT_RESUME_WAIT,
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
                 grpc: "127.0.0.1:3109".to_owned(),
@@ -231,6 +253,7 @@ impl LogicConfig {
             ("online_ttl", self.online_ttl),
             ("call_timeout", self.call_timeout),
             ("inbox_ttl", self.inbox_ttl),
+            ("ack_timeout", self.ack_timeout),
         ] {
             if value.is_zero() {
                 return invalid(field, "must be longer than zero");

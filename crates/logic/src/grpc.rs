@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::inbox::InboxStore;
+use crate::inbox::{Acked, InboxStore};
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
 use crate::push::{Message, Pusher};
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::TokenVerifier;
-use crate::webhook::ReceiveWebhook;
+use crate::webhook::{Posted, Webhook};
 
 /// What the gRPC API reaches.
 pub(crate) struct LogicService {
@@ -31,9 +31,12 @@ pub(crate) struct LogicService {
     pub(crate) advisor: Arc<Advisor>,
     pub(crate) metrics: Arc<Metrics>,
     /// Where client messages (op 4) go, if anywhere.
-    pub(crate) receive_webhook: Option<ReceiveWebhook>,
+    pub(crate) receive_webhook: Option<Webhook>,
     /// The heartbeat interval clients are told.
     pub(crate) heartbeat: Duration,
+    /// How long cloud nodes hold a new connection's user pushes (see
+    /// `LogicConfig::resume_wait`).
+    pub(crate) resume_wait: Duration,
     /// Cancelled by `Close`: the node stops.
     pub(crate) stop: CancellationToken,
 }
@@ -108,6 +111,7 @@ impl Logic for LogicService {
                 .unwrap_or_default(),
             accepts: identity.accepts,
             heartbeat: self.heartbeat.as_secs() as i64,
+            resume_wait_ms: self.resume_wait.as_millis() as i64,
         }))
     }
 
@@ -186,7 +190,16 @@ impl Logic for LogicService {
             "client message"
         );
         if let Some(webhook) = &self.receive_webhook {
-            webhook.post(request.mid, &proto).await?;
+            let posted = Posted {
+                mid: request.mid,
+                op: proto.op,
+                seq: u64::from(proto.seq as u32),
+                body: proto.body,
+            };
+            webhook
+                .post(posted)
+                .await
+                .map_err(|err| Status::unavailable(format!("receive webhook: {err}")))?;
         }
         Ok(Response::new(ReceiveReply {}))
     }
@@ -276,5 +289,19 @@ impl Logic for LogicService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn ack(&self, request: Request<AckReq>) -> Result<Response<AckReply>, Status> {
+        let request = request.into_inner();
+        match self.inbox.ack(request.mid, request.ack).await? {
+            Acked::Recorded => {
+                self.metrics.acked();
+                Ok(Response::new(AckReply {}))
+            }
+            Acked::AboveLatest { last } => Err(Status::invalid_argument(format!(
+                "ack {} is above the latest sequence number, {last}",
+                request.ack
+            ))),
+        }
     }
 }

@@ -5,10 +5,15 @@
 //! missed. The counter lives as long as the inbox: when the inbox expires,
 //! numbering starts again at 1.
 //!
+//! Devices acknowledge what they handled (cumulatively, per user). While an
+//! offline webhook is configured, every kept message is also due for it at
+//! `ack_timeout` after it was stored, unless acknowledged by then: the
+//! webhook worker claims the due ones (see `offline.rs`).
+//!
 //! In memory for one logic node; in Redis (one Lua script per user, all of a
 //! push's users in one pipeline) for several.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,6 +45,31 @@ pub struct Since {
     pub messages: Vec<Kept>,
 }
 
+/// What an acknowledgement did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// Recorded (or already covered by an earlier one).
+    Recorded,
+    /// Above the latest sequence number given: a client error.
+    AboveLatest {
+        /// The latest sequence number of the user.
+        last: u64,
+    },
+}
+
+/// A kept message no device acknowledged within `ack_timeout`, claimed for
+/// the offline webhook. Until settled it is not offered again before the
+/// claim's lease runs out, so a worker that dies mid-call loses nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unacked {
+    /// The user.
+    pub mid: i64,
+    /// The message.
+    pub message: Kept,
+    /// Earlier failed webhook calls for it.
+    pub attempt: u32,
+}
+
 /// Where users' messages are numbered and kept.
 #[async_trait]
 pub trait InboxStore: Send + Sync + 'static {
@@ -50,15 +80,34 @@ pub trait InboxStore: Send + Sync + 'static {
     /// The messages of `mid` after `since`, with the latest and oldest
     /// sequence numbers.
     async fn since(&self, mid: i64, since: u64) -> Result<Since, StoreError>;
+
+    /// Records that a device of `mid` handled everything up to `ack`.
+    async fn ack(&self, mid: i64, ack: u64) -> Result<Acked, StoreError>;
+
+    /// Claims up to `limit` messages whose ack deadline passed unacknowledged,
+    /// each for `lease`; messages acknowledged or no longer kept are dropped
+    /// from the due ones on the way.
+    async fn claim_unacked(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Unacked>, StoreError>;
+
+    /// Settles a claimed message: done (`None`), or due again after `retry`.
+    async fn settle(&self, unacked: &Unacked, retry: Option<Duration>) -> Result<(), StoreError>;
 }
 
-/// How many messages an inbox keeps, and for how long after its last write.
+/// How many messages an inbox keeps, for how long after its last write, and
+/// whether unacknowledged messages become due for the offline webhook.
 #[derive(Clone, Copy, Debug)]
 pub struct InboxLimits {
     /// Messages kept per user (the newest).
     pub max: usize,
     /// How long an inbox (and its counter) lives after its last write.
     pub ttl: Duration,
+    /// Set when an offline webhook is configured: a message not acknowledged
+    /// this long after it was stored is due for it.
+    pub ack_timeout: Option<Duration>,
 }
 
 /// Inboxes in this process's memory, for a single logic node.
@@ -72,11 +121,16 @@ pub struct MemoryInbox {
 struct Users {
     inboxes: HashMap<i64, UserInbox>,
     last_sweep: Option<Instant>,
+    /// Messages due for the offline webhook: (when, mid, seq), and the
+    /// attempts made for each.
+    due: BTreeSet<(Instant, i64, u64)>,
+    attempts: HashMap<(i64, u64), (Instant, u32)>,
 }
 
 #[derive(Debug)]
 struct UserInbox {
     last: u64,
+    acked: u64,
     kept: VecDeque<Kept>,
     expires: Instant,
 }
@@ -101,6 +155,23 @@ impl Users {
         self.last_sweep = Some(now);
         self.inboxes.retain(|_, inbox| inbox.expires > now);
     }
+
+    /// The live inbox of `mid`, if any.
+    fn live(&self, mid: i64, now: Instant) -> Option<&UserInbox> {
+        self.inboxes.get(&mid).filter(|inbox| inbox.expires > now)
+    }
+
+    fn schedule(&mut self, mid: i64, seq: u64, at: Instant, attempt: u32) {
+        self.unschedule(mid, seq);
+        self.due.insert((at, mid, seq));
+        self.attempts.insert((mid, seq), (at, attempt));
+    }
+
+    fn unschedule(&mut self, mid: i64, seq: u64) {
+        if let Some((at, _)) = self.attempts.remove(&(mid, seq)) {
+            self.due.remove(&(at, mid, seq));
+        }
+    }
 }
 
 #[async_trait]
@@ -114,12 +185,14 @@ impl InboxStore for MemoryInbox {
             .map(|mid| {
                 let inbox = users.inboxes.entry(*mid).or_insert_with(|| UserInbox {
                     last: 0,
+                    acked: 0,
                     kept: VecDeque::new(),
                     expires: now,
                 });
                 if inbox.expires <= now {
-                    // Expired: the counter goes with the inbox.
+                    // Expired: the counter and acks go with the inbox.
                     inbox.last = 0;
+                    inbox.acked = 0;
                     inbox.kept.clear();
                 }
                 inbox.last += 1;
@@ -132,18 +205,18 @@ impl InboxStore for MemoryInbox {
                 while inbox.kept.len() > self.limits.max {
                     inbox.kept.pop_front();
                 }
-                inbox.last
+                let seq = inbox.last;
+                if let Some(timeout) = self.limits.ack_timeout {
+                    users.schedule(*mid, seq, now + timeout, 0);
+                }
+                seq
             })
             .collect())
     }
 
     async fn since(&self, mid: i64, since: u64) -> Result<Since, StoreError> {
         let users = self.users.lock();
-        let Some(inbox) = users
-            .inboxes
-            .get(&mid)
-            .filter(|inbox| inbox.expires > Instant::now())
-        else {
+        let Some(inbox) = users.live(mid, Instant::now()) else {
             return Ok(Since::default());
         };
         Ok(Since {
@@ -156,5 +229,76 @@ impl InboxStore for MemoryInbox {
                 .cloned()
                 .collect(),
         })
+    }
+
+    async fn ack(&self, mid: i64, ack: u64) -> Result<Acked, StoreError> {
+        let now = Instant::now();
+        let mut users = self.users.lock();
+        let (last, acked) = users
+            .live(mid, now)
+            .map_or((0, 0), |inbox| (inbox.last, inbox.acked));
+        if ack > last {
+            return Ok(Acked::AboveLatest { last });
+        }
+        if ack > acked {
+            if let Some(inbox) = users.inboxes.get_mut(&mid) {
+                inbox.acked = ack;
+            }
+            // Only an optimisation (a claim skips acknowledged messages),
+            // so bounded to the messages kept.
+            let from = acked.max(ack.saturating_sub(self.limits.max as u64));
+            for seq in from + 1..=ack {
+                users.unschedule(mid, seq);
+            }
+        }
+        Ok(Acked::Recorded)
+    }
+
+    async fn claim_unacked(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Unacked>, StoreError> {
+        let now = Instant::now();
+        let mut users = self.users.lock();
+        let due: Vec<(i64, u64)> = users
+            .due
+            .iter()
+            .take_while(|(at, _, _)| *at <= now)
+            .map(|(_, mid, seq)| (*mid, *seq))
+            .collect();
+        let mut claimed = Vec::new();
+        for (mid, seq) in due {
+            if claimed.len() == limit {
+                break;
+            }
+            let attempt = users.attempts.get(&(mid, seq)).map_or(0, |(_, n)| *n);
+            let message = users
+                .live(mid, now)
+                .filter(|inbox| inbox.acked < seq)
+                .and_then(|inbox| inbox.kept.iter().find(|kept| kept.seq == seq).cloned());
+            match message {
+                Some(message) => {
+                    users.schedule(mid, seq, now + lease, attempt);
+                    claimed.push(Unacked {
+                        mid,
+                        message,
+                        attempt,
+                    });
+                }
+                None => users.unschedule(mid, seq),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn settle(&self, unacked: &Unacked, retry: Option<Duration>) -> Result<(), StoreError> {
+        let (mid, seq) = (unacked.mid, unacked.message.seq);
+        let mut users = self.users.lock();
+        match retry {
+            Some(after) => users.schedule(mid, seq, Instant::now() + after, unacked.attempt + 1),
+            None => users.unschedule(mid, seq),
+        }
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod memory;
 mod metrics;
 mod node;
 mod nodes;
+mod offline;
 mod params;
 mod push;
 mod redis_inbox;
@@ -27,7 +28,7 @@ pub use config::{
     DEVELOPMENT_SECRET, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind, TokenWebhookConfig,
     VerifierKind,
 };
-pub use inbox::{InboxLimits, InboxStore, Kept, MemoryInbox, Since};
+pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, Since, Unacked};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use node::{Listeners, Logic, LogicError, run};

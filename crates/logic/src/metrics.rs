@@ -26,6 +26,10 @@ pub struct Metrics {
     received: Counter,
     /// Messages numbered and kept in users' inboxes (one per user).
     stored: Counter,
+    /// Acknowledgements recorded (op 20).
+    acks: Counter,
+    /// Offline webhook calls, by result.
+    offline: Family<ResultLabel, Counter>,
     limits: Family<KindLabel, Counter>,
     store_seconds: StoreHistograms,
     store_errors: Family<OpLabel, Counter>,
@@ -60,6 +64,8 @@ impl Default for Metrics {
         let connects = Family::<ResultLabel, Counter>::default();
         let received = Counter::default();
         let stored = Counter::default();
+        let acks = Counter::default();
+        let offline = Family::<ResultLabel, Counter>::default();
         let limits = Family::<KindLabel, Counter>::default();
         let store_seconds: StoreHistograms = Family::new_with_constructor(latency_histogram);
         let store_errors = Family::<OpLabel, Counter>::default();
@@ -99,6 +105,19 @@ impl Default for Metrics {
             "Messages numbered and kept in users' inboxes (one per user)",
             stored.clone(),
         );
+        registry.register(
+            "acks",
+            "Device acknowledgements (op 20) recorded",
+            acks.clone(),
+        );
+        registry.register(
+            "offline_webhook",
+            "Unacknowledged messages POSTed to the offline webhook, by result",
+            offline.clone(),
+        );
+        for result in ["ok", "failed"] {
+            let _ = offline.get_or_create(&ResultLabel { result });
+        }
         // Known label sets start at zero (see the cloud node's metrics).
         for kind in ["keys", "mids", "room", "all"] {
             let _ = pushed.get_or_create(&KindLabel { kind });
@@ -118,6 +137,8 @@ impl Default for Metrics {
             connects,
             received,
             stored,
+            acks,
+            offline,
             limits,
             store_seconds,
             store_errors,
@@ -158,6 +179,20 @@ impl Metrics {
 
     pub(crate) fn received(&self) {
         self.received.inc();
+    }
+
+    pub(crate) fn acked(&self) {
+        self.acks.inc();
+    }
+
+    /// Offline webhook calls that ended with `result` (`ok`, `failed`).
+    pub fn offline_webhook(&self, result: &'static str) -> u64 {
+        self.offline.get_or_create(&ResultLabel { result }).get()
+    }
+
+    pub(crate) fn offline_posted(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.offline.get_or_create(&ResultLabel { result }).inc();
     }
 }
 

@@ -3,6 +3,7 @@
 //! it stops. Nothing else in the crate imports it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use imcloud_auth::ApiKey;
 use imcloud_discovery::{CLOUD_SERVICE, Discovery, StaticDiscovery};
@@ -26,8 +27,8 @@ use crate::router::Clouds;
 use crate::session::{SessionStore, StoreError};
 use crate::timed_store::TimedStore;
 use crate::verifier::{InsecureJson, Jwt, TokenVerifier, Webhook};
-use crate::webhook::ReceiveWebhook;
-use crate::{grpc, http};
+use crate::offline::OfflineWorker;
+use crate::{grpc, http, webhook};
 
 /// The sockets a logic node serves, bound by the caller.
 #[derive(Debug)]
@@ -101,6 +102,7 @@ impl Logic {
         let limits = InboxLimits {
             max: config.inbox_max,
             ttl: config.inbox_ttl,
+            ack_timeout: config.offline_webhook.is_some().then_some(config.ack_timeout),
         };
         let (store, inbox): (Arc<dyn SessionStore>, Arc<dyn InboxStore>) =
             match config.session_store {
@@ -174,20 +176,18 @@ impl Logic {
             pusher: pusher.clone(),
             advisor: advisor.clone(),
             metrics: metrics.clone(),
-            receive_webhook: config.receive_webhook.clone().map(|url| ReceiveWebhook {
-                url,
-                client: reqwest::Client::builder()
-                    .timeout(config.call_timeout)
-                    .build()
-                    .unwrap_or_default(),
-            }),
+            receive_webhook: config
+                .receive_webhook
+                .clone()
+                .map(|url| webhook::Webhook::new(url, config.call_timeout)),
             heartbeat: config.heartbeat,
+            resume_wait: config.resume_wait,
             stop: stop.clone(),
         };
         let http = Api {
             pusher,
             store,
-            inbox,
+            inbox: inbox.clone(),
             advisor,
             metrics: metrics.clone(),
             api_key: key.clone(),
@@ -195,6 +195,16 @@ impl Logic {
             max_push_body: config.max_push_body,
             stop: stop.clone(),
         };
+        if let Some(url) = config.offline_webhook.clone() {
+            let worker = OfflineWorker {
+                inbox: inbox.clone(),
+                webhook: webhook::Webhook::new(url, config.call_timeout),
+                metrics: metrics.clone(),
+                poll: (config.ack_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+                lease: config.call_timeout * 4,
+            };
+            tokio::spawn(worker.run(stop.clone()));
+        }
         let task = tokio::spawn(serve(listeners, grpc, http, key, config.cors_origins));
         Ok(Logic {
             metrics,

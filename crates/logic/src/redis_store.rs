@@ -57,7 +57,7 @@ pub struct RedisStore {
     disconnect: Script,
     /// How users' inboxes are bounded (see `redis_inbox.rs`).
     pub(crate) inbox: InboxLimits,
-    pub(crate) store_message: Script,
+    pub(crate) scripts: crate::redis_inbox::InboxScripts,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -98,8 +98,9 @@ impl RedisStore {
             inbox: InboxLimits {
                 max: DEFAULT_INBOX_MAX,
                 ttl: DEFAULT_INBOX_TTL,
+                ack_timeout: None,
             },
-            store_message: Script::new(crate::redis_inbox::STORE_MESSAGE),
+            scripts: crate::redis_inbox::InboxScripts::default(),
         })
     }
 

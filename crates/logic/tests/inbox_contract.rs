@@ -7,13 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use imcloud_logic::{InboxLimits, InboxStore, MemoryInbox, RedisStore};
+use imcloud_logic::{Acked, InboxLimits, InboxStore, MemoryInbox, RedisStore, Unacked};
 use imcloud_testkit::{RedisServer, eventually};
 
 const LIMITS: InboxLimits = InboxLimits {
     max: 5,
     ttl: Duration::from_secs(2),
+    ack_timeout: None,
 };
+
+/// With an offline webhook: messages are due 300 ms after they are stored.
+const TRACKED: InboxLimits = InboxLimits {
+    max: 5,
+    ttl: Duration::from_secs(30),
+    ack_timeout: Some(Duration::from_millis(300)),
+};
+
+const LEASE: Duration = Duration::from_secs(30);
 
 fn seqs(since: &imcloud_logic::Since) -> Vec<u64> {
     since.messages.iter().map(|kept| kept.seq).collect()
@@ -66,27 +76,92 @@ async fn contract(inbox: Arc<dyn InboxStore>) {
     );
 }
 
+/// Acks are cumulative and bounded by the latest number; a message not
+/// acknowledged within the ack timeout is claimed once (leased), and comes
+/// back after a failed call's retry delay, never after it was settled.
+async fn ack_contract(inbox: Arc<dyn InboxStore>) {
+    let body = Bytes::from_static(b"m");
+    for _ in 0..3 {
+        inbox.store(&[1], 1000, &body).await.expect("store");
+    }
+    assert_eq!(
+        inbox.ack(1, 5).await.expect("ack"),
+        Acked::AboveLatest { last: 3 }
+    );
+    assert_eq!(inbox.ack(1, 2).await.expect("ack"), Acked::Recorded);
+    assert_eq!(inbox.ack(1, 1).await.expect("ack"), Acked::Recorded);
+    assert_eq!(inbox.ack(99, 0).await.expect("ack"), Acked::Recorded);
+    assert_eq!(
+        inbox.ack(99, 1).await.expect("ack"),
+        Acked::AboveLatest { last: 0 }
+    );
+    assert!(
+        inbox.claim_unacked(10, LEASE).await.expect("claim").is_empty(),
+        "nothing is due before the ack timeout"
+    );
+
+    // Only the unacknowledged one comes due, once while it is leased.
+    let claimed = claim_some(&inbox).await;
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!((claimed[0].mid, claimed[0].message.seq), (1, 3));
+    assert_eq!(claimed[0].attempt, 0);
+    assert!(inbox.claim_unacked(10, LEASE).await.expect("claim").is_empty());
+
+    // A failed call: due again after the retry delay, one attempt more.
+    inbox
+        .settle(&claimed[0], Some(Duration::from_millis(50)))
+        .await
+        .expect("settle");
+    let again = claim_some(&inbox).await;
+    assert_eq!((again[0].message.seq, again[0].attempt), (3, 1));
+
+    // Settled: never again, while a later message comes due as usual.
+    inbox.settle(&again[0], None).await.expect("settle");
+    inbox.store(&[2], 1000, &body).await.expect("store");
+    let later = claim_some(&inbox).await;
+    assert_eq!((later[0].mid, later.len()), (2, 1), "{later:?}");
+
+    // Acknowledged after it was stored, before it came due: never claimed.
+    inbox.store(&[3], 1000, &body).await.expect("store");
+    inbox.ack(3, 1).await.expect("ack");
+    inbox.store(&[4], 1000, &body).await.expect("store");
+    let last = claim_some(&inbox).await;
+    assert_eq!((last[0].mid, last.len()), (4, 1), "{last:?}");
+}
+
+async fn claim_some(inbox: &Arc<dyn InboxStore>) -> Vec<Unacked> {
+    let mut claimed = Vec::new();
+    eventually("a message coming due", async || {
+        claimed = inbox.claim_unacked(10, LEASE).await.expect("claim");
+        !claimed.is_empty()
+    })
+    .await;
+    claimed
+}
+
 #[tokio::test]
 async fn the_memory_inbox_keeps_the_contract() {
     contract(Arc::new(MemoryInbox::new(LIMITS))).await;
+    ack_contract(Arc::new(MemoryInbox::new(TRACKED))).await;
 }
 
-fn redis_inbox(redis: &RedisServer, prefix: &str) -> RedisStore {
+fn redis_inbox(redis: &RedisServer, prefix: &str, limits: InboxLimits) -> RedisStore {
     RedisStore::new(
         &redis.url,
         prefix,
-        LIMITS.ttl,
-        LIMITS.ttl,
+        limits.ttl,
+        limits.ttl,
         Duration::from_secs(1),
     )
     .expect("store")
-    .with_inbox(LIMITS)
+    .with_inbox(limits)
 }
 
 #[tokio::test]
 async fn the_redis_inbox_keeps_the_contract() {
     let redis = RedisServer::start();
-    contract(Arc::new(redis_inbox(&redis, "c:"))).await;
+    contract(Arc::new(redis_inbox(&redis, "c:", LIMITS))).await;
+    ack_contract(Arc::new(redis_inbox(&redis, "a:", TRACKED))).await;
 }
 
 /// Two logic nodes numbering one user at once: every number once, no gap.
@@ -94,8 +169,8 @@ async fn the_redis_inbox_keeps_the_contract() {
 async fn two_logic_nodes_number_one_user_without_gaps() {
     let redis = RedisServer::start();
     let (a, b) = (
-        Arc::new(redis_inbox(&redis, "g:")),
-        Arc::new(redis_inbox(&redis, "g:")),
+        Arc::new(redis_inbox(&redis, "g:", LIMITS)),
+        Arc::new(redis_inbox(&redis, "g:", LIMITS)),
     );
     let body = Bytes::from_static(b"m");
     let tasks: Vec<_> = (0..100)

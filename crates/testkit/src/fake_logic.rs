@@ -98,6 +98,8 @@ impl Logic for FakeLogic {
             room_id: token.room_id,
             accepts: token.accepts,
             heartbeat: token.heartbeat,
+            // goim's logic knows no resume: no hold.
+            resume_wait_ms: 0,
         }))
     }
     async fn disconnect(
@@ -171,6 +173,9 @@ impl Logic for FakeLogic {
     }
     async fn inbox(&self, _: Request<InboxReq>) -> Result<Response<InboxReply>, Status> {
         Err(Status::unimplemented("inbox"))
+    }
+    async fn ack(&self, _: Request<AckReq>) -> Result<Response<AckReply>, Status> {
+        Err(Status::unimplemented("ack"))
     }
     async fn push_all(&self, _: Request<PushAllReq>) -> Result<Response<PushAllReply>, Status> {
         Err(Status::unimplemented("push_all"))

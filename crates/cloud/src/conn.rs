@@ -14,7 +14,7 @@ use std::time::Duration;
 use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, RoomId};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -182,13 +182,25 @@ async fn authenticate<T: Transport>(
         .ok()
         .filter(|secs| *secs > 0)
         .map_or(ctx.limits.heartbeat, Duration::from_secs);
+    // Held until the client's first packet, or this long: a resume (op 18)
+    // sent right after auth is replayed before any live user push.
+    let resume_wait = u64::try_from(reply.resume_wait_ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    let outbox = match resume_wait {
+        Some(_) => Outbox::holding(ctx.limits.send_queue),
+        None => Outbox::new(ctx.limits.send_queue),
+    };
     let session = Session {
         id: ctx.next_id.fetch_add(1, Ordering::Relaxed),
         mid: reply.mid,
         key: key.clone(),
         room: room.clone(),
         heartbeat,
-        outbox: Arc::new(Outbox::new(ctx.limits.send_queue)),
+        outbox: Arc::new(outbox),
+        hold_until: resume_wait.map(|wait| Instant::now() + wait),
+        acked: 0,
         bucket: ctx.buckets.for_key(&key).clone(),
         ctx: ctx.clone(),
         last_renew: Instant::now(),
@@ -247,6 +259,11 @@ struct Session {
     room: Option<RoomId>,
     heartbeat: Duration,
     outbox: Arc<Outbox>,
+    /// While set, the outbox holds user pushes: until the client's first
+    /// packet after auth, or this instant.
+    hold_until: Option<Instant>,
+    /// The highest ack (op 20) forwarded to logic.
+    acked: u64,
     bucket: BucketHandle,
     ctx: Arc<ConnContext>,
     last_renew: Instant,
@@ -263,7 +280,11 @@ impl Session {
     /// Serves the client until something ends the connection.
     async fn run<T: Transport>(&mut self, transport: &mut T) -> End {
         let idle = self.heartbeat * 2;
-        let deadline = sleep(idle);
+        let started = Instant::now();
+        // One timer for both: the end of the resume hold comes first.
+        let deadline = sleep_until(self.hold_until.map_or(started + idle, |until| {
+            until.min(started + idle)
+        }));
         tokio::pin!(deadline);
         loop {
             // Unbiased: a busy outbox must not starve the client's packets.
@@ -286,6 +307,10 @@ impl Session {
                     Some(Err(err)) => return transport_end(&self.ctx.metrics, err),
                     Some(Ok(packet)) => {
                         deadline.as_mut().reset(Instant::now() + idle);
+                        if self.hold_until.take().is_some() && packet.op != Op::RESUME {
+                            // Not resuming: the held pushes go out now.
+                            self.outbox.release(Vec::new(), 0);
+                        }
                         // Boxed: client packets are rare (heartbeats), and the
                         // handler's future would otherwise size every idle connection.
                         if let Err(end) = Box::pin(self.handle(packet)).await {
@@ -294,6 +319,11 @@ impl Session {
                     }
                 },
                 () = &mut deadline => {
+                    if self.hold_until.take().is_some() {
+                        self.outbox.release(Vec::new(), 0);
+                        deadline.as_mut().reset(started + idle);
+                        continue;
+                    }
                     return End::close(
                         CloseReason::HeartbeatTimeout,
                         format!("no packet for {idle:?}"),

@@ -17,8 +17,8 @@ use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::Proto;
 use imcloud_proto::logic::logic_client::LogicClient as GrpcClient;
 use imcloud_proto::logic::{
-    ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, PingReq, ReceiveReq,
-    RenewSessionsReq, Session,
+    AckReq, ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, InboxReply, InboxReq,
+    OnlineReq, PingReq, ReceiveReq, RenewSessionsReq, Session,
 };
 use imcloud_protocol::Packet;
 use tokio::sync::{Semaphore, watch};
@@ -59,6 +59,11 @@ pub(crate) trait SessionLogic: Send + Sync + 'static {
     async fn disconnect(&self, mid: i64, key: &str) -> Result<(), Status>;
     /// Hands a client message (op 4) to logic.
     async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status>;
+    /// What the user's inbox keeps after `since`, for a resume (op 18).
+    async fn inbox(&self, mid: i64, since: u64) -> Result<InboxReply, Status>;
+    /// Records a device's cumulative ack (op 20); `InvalidArgument` when it
+    /// is above the user's latest sequence number.
+    async fn ack(&self, mid: i64, ack: u64) -> Result<(), Status>;
 }
 
 /// Every call carries the API key and has a deadline. The deadline is the
@@ -225,6 +230,24 @@ impl SessionLogic for LogicClient {
             }),
         };
         self.client.clone().receive(request).await.map(drop)
+    }
+
+    async fn inbox(&self, mid: i64, since: u64) -> Result<InboxReply, Status> {
+        let reply = self.client.clone().inbox(InboxReq { mid, since }).await?;
+        Ok(reply.into_inner())
+    }
+
+    async fn ack(&self, mid: i64, ack: u64) -> Result<(), Status> {
+        let _slot = self.background.acquire().await;
+        let result = self.client.clone().ack(AckReq { mid, ack }).await.map(drop);
+        match &result {
+            // Logic answered: the ack was the client's mistake.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                self.outage.record("acks", &Ok::<(), Status>(()));
+            }
+            _ => self.outage.record("acks", &result),
+        }
+        result
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Metrics {
     push_latency: Histogram,
     rooms: Gauge,
     limits: Family<LimitLabel, Counter>,
+    /// Resumes (op 18), by whether they were a reset.
+    resumes: Family<KindLabel, Counter>,
+    /// Messages replayed to resuming devices.
+    replayed: Counter,
     /// gRPC calls by method and code (its layer wraps the gRPC server).
     pub(crate) grpc: GrpcMetrics,
 }
@@ -97,7 +101,22 @@ impl Default for Metrics {
         let push_latency = latency_histogram();
         let rooms = Gauge::default();
         let limits = Family::<LimitLabel, Counter>::default();
+        let resumes = Family::<KindLabel, Counter>::default();
+        let replayed = Counter::default();
         let grpc = GrpcMetrics::register(&mut registry);
+        registry.register(
+            "resumes",
+            "Resumes (op 18) answered, by kind (resumed, reset: the device missed more than is kept)",
+            resumes.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Messages replayed to resuming devices",
+            replayed.clone(),
+        );
+        for kind in ["resumed", "reset"] {
+            let _ = resumes.get_or_create(&KindLabel { kind });
+        }
         registry.register(
             "limits_hit",
             "Times a limit refused or closed a client, by limit",
@@ -184,6 +203,8 @@ impl Default for Metrics {
             push_latency,
             rooms,
             limits,
+            resumes,
+            replayed,
             grpc,
         }
     }
@@ -271,6 +292,17 @@ impl Metrics {
         if let Some(at) = oldest_push {
             self.push_latency.observe(at.elapsed().as_secs_f64());
         }
+    }
+
+    /// Resumes answered as `kind` (`resumed`, `reset`).
+    pub fn resumes(&self, kind: &'static str) -> u64 {
+        self.resumes.get_or_create(&KindLabel { kind }).get()
+    }
+
+    pub(crate) fn resumed(&self, replayed: usize, reset: bool) {
+        let kind = if reset { "reset" } else { "resumed" };
+        self.resumes.get_or_create(&KindLabel { kind }).inc();
+        self.replayed.inc_by(replayed as u64);
     }
 
     pub(crate) fn set_rooms(&self, rooms: usize) {

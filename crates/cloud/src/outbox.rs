@@ -6,6 +6,11 @@
 //! draining, slow) goes through the same queue, so the connection task sees
 //! everything queued before the close and then the reason, in that order.
 //!
+//! User pushes (a push with a sequence number, see DESIGN §8) can be held
+//! while a connection may still resume (op 18), then released behind the
+//! replay of what the device missed, minus what the replay already carried:
+//! the device gets its messages in order, once, without a gap.
+//!
 //! A `Mutex<VecDeque>` rather than a tokio channel: an idle connection's
 //! queue allocates nothing, where a bounded mpsc allocates a block of slots
 //! up front, and that matters at 10,000s of idle connections per node.
@@ -65,6 +70,10 @@ struct State {
     queue: VecDeque<EncodedPacket>,
     close: Option<CloseBody>,
     oldest_push: Option<Instant>,
+    /// User pushes waiting for a resume to end; `None` when not holding.
+    held: Option<Vec<EncodedPacket>>,
+    /// User pushes numbered up to this were replayed: dropped as duplicates.
+    replayed: u32,
 }
 
 impl Outbox {
@@ -74,6 +83,39 @@ impl Outbox {
             changed: Notify::new(),
             capacity,
         }
+    }
+
+    /// An outbox that holds user pushes from the start, until [`Outbox::release`].
+    pub(crate) fn holding(capacity: usize) -> Self {
+        let outbox = Outbox::new(capacity);
+        outbox.hold();
+        outbox
+    }
+
+    /// Holds user pushes from now until [`Outbox::release`].
+    pub(crate) fn hold(&self) {
+        self.lock().held.get_or_insert_with(Vec::new);
+    }
+
+    /// Queues `replay` (the messages a resume found, and its op 19), then
+    /// the held user pushes numbered above `replayed`, and stops holding.
+    /// User pushes up to `replayed` are dropped from now on: the replay had
+    /// them. A replay may go over the queue's capacity: it is bounded by
+    /// the inbox, and the client asked for it.
+    pub(crate) fn release(&self, replay: Vec<EncodedPacket>, replayed: u32) {
+        {
+            let mut state = self.lock();
+            state.replayed = replayed;
+            let held = state.held.take().unwrap_or_default();
+            state.queue.extend(replay);
+            state
+                .queue
+                .extend(held.into_iter().filter(|push| push.seq() > replayed));
+            if state.queue.is_empty() {
+                return;
+            }
+        }
+        self.changed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -97,17 +139,26 @@ impl Outbox {
             if state.close.is_some() {
                 return Err(Rejected::Closed);
             }
-            if state.queue.len() >= self.capacity {
+            let user_push = at.is_some() && packet.seq() != 0;
+            if user_push && packet.seq() <= state.replayed {
+                return Ok(());
+            }
+            let held = state.held.as_ref().map_or(0, Vec::len);
+            if state.queue.len() + held >= self.capacity {
                 let detail = format!("send queue of {} packets is full", self.capacity);
                 state.close = Some(CloseBody::new(CloseReason::SlowConsumer, Some(&detail)));
                 drop(state);
                 self.changed.notify_waiters();
                 return Err(Rejected::Overflow);
             }
-            state.queue.push_back(packet);
             if state.oldest_push.is_none() {
                 state.oldest_push = at;
             }
+            if user_push && let Some(held) = &mut state.held {
+                held.push(packet);
+                return Ok(());
+            }
+            state.queue.push_back(packet);
             if state.queue.len() > 1 {
                 // The reader was already woken by the first queued packet and
                 // drains everything when it runs: no second wake-up needed.
@@ -256,5 +307,47 @@ mod tests {
         // packet queued before it.
         assert_eq!(reader.await.expect("reader"), vec![packet(7)]);
         assert_eq!(outbox.push(packet(8)), Err(Rejected::Closed));
+    }
+
+    fn user_push(seq: u32) -> Push {
+        Push::new(packet(seq), Instant::now())
+    }
+
+    #[test]
+    fn held_user_pushes_follow_the_replay_without_duplicates() {
+        let outbox = Outbox::holding(8);
+        outbox.push(packet(0)).expect("op 8");
+        for seq in [4, 6, 5] {
+            outbox.deliver(&user_push(seq)).expect("held");
+        }
+        outbox.deliver(&user_push(0)).expect("a key push is never held");
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out, vec![packet(0), packet(0)], "user pushes are held");
+
+        // The replay carried 3..=5: only 6 of the held ones is left to send.
+        let replay = vec![packet(3), packet(4), packet(5), packet(19)];
+        outbox.release(replay, 5);
+        out.clear();
+        outbox.drain(&mut out);
+        assert_eq!(
+            out,
+            vec![packet(3), packet(4), packet(5), packet(19), packet(6)]
+        );
+
+        // Later pushes are live, and a late duplicate of the replay is dropped.
+        outbox.deliver(&user_push(5)).expect("dropped");
+        outbox.deliver(&user_push(7)).expect("live");
+        out.clear();
+        outbox.drain(&mut out);
+        assert_eq!(out, vec![packet(7)]);
+    }
+
+    #[test]
+    fn held_pushes_count_against_the_queue() {
+        let outbox = Outbox::holding(2);
+        outbox.deliver(&user_push(1)).expect("held");
+        outbox.deliver(&user_push(2)).expect("held");
+        assert_eq!(outbox.deliver(&user_push(3)), Err(Rejected::Overflow));
     }
 }

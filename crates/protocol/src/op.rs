@@ -39,6 +39,12 @@ impl Op {
     pub const UNWATCH: Op = Op(16);
     /// Unwatch reply; echoes the body (s->c).
     pub const UNWATCH_REPLY: Op = Op(17);
+    /// imcloud: resume, `{"since":N}`: replay the user's messages after N (c->s).
+    pub const RESUME: Op = Op(18);
+    /// imcloud: replay done, `{"last":M}` (+ `"reset":true,"oldest":K`) (s->c).
+    pub const RESUMED: Op = Op(19);
+    /// imcloud: ack, `{"ack":N}`: cumulative, no reply (c->s).
+    pub const ACK: Op = Op(20);
     /// The first business op: ops from here on are pushed by backends.
     pub const FIRST_BUSINESS: Op = Op(1000);
 
@@ -78,6 +84,9 @@ impl Op {
             Op::WATCH_REPLY => "watch reply",
             Op::UNWATCH => "unwatch",
             Op::UNWATCH_REPLY => "unwatch reply",
+            Op::RESUME => "resume",
+            Op::RESUMED => "resumed",
+            Op::ACK => "ack",
             _ => return None,
         })
     }

@@ -139,6 +139,11 @@ impl EncodedPacket {
             self.0[8], self.0[9], self.0[10], self.0[11],
         ]))
     }
+
+    /// The seq written in the header: a user push's sequence number.
+    pub fn seq(&self) -> u32 {
+        u32::from_be_bytes([self.0[12], self.0[13], self.0[14], self.0[15]])
+    }
 }
 
 /// The fixed header, as read from the wire.

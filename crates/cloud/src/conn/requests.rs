@@ -5,9 +5,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imcloud_protocol::{Op, Packet, RoomId};
+use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, Packet, RoomId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tonic::Status;
 
 use super::{End, MAX_RECEIVES_IN_FLIGHT, Session};
 
@@ -49,6 +52,8 @@ impl Session {
                 let reply_op = packet.op.reply().unwrap_or(Op::WATCH_REPLY);
                 self.reply(&packet, reply_op, packet.body.clone());
             }
+            Op::RESUME => self.resume(&packet).await?,
+            Op::ACK => self.ack(&packet)?,
             Op::AUTH => return Err(End::protocol("already authenticated")),
             other => return Err(End::protocol(format!("{other} is not a client request"))),
         }
@@ -106,6 +111,109 @@ impl Session {
             drop(permit);
         });
     }
+}
+
+/// The body of op 18.
+#[derive(Deserialize)]
+struct Resume {
+    since: u64,
+}
+
+/// The body of op 19.
+#[derive(Serialize)]
+struct Resumed {
+    last: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oldest: Option<u64>,
+}
+
+/// The body of op 20.
+#[derive(Deserialize)]
+struct Ack {
+    ack: u64,
+}
+
+/// A JSON body of an imcloud op, or the protocol error that names the shape.
+fn parse_body<T: DeserializeOwned>(packet: &Packet, shape: &str) -> Result<T, End> {
+    serde_json::from_slice(&packet.body)
+        .map_err(|err| End::protocol(format!("{} wants {shape}: {err}", packet.op)))
+}
+
+impl Session {
+    /// Replays what the user's inbox keeps after the device's `since`, then
+    /// op 19, then the user pushes held meanwhile (see [`Outbox::release`]).
+    /// If logic cannot be asked, the connection is closed so the device
+    /// comes back and resumes again: nothing it missed goes unsaid.
+    async fn resume(&mut self, packet: &Packet) -> Result<(), End> {
+        let Resume { since } = parse_body(packet, r#"{"since": N} with N >= 0"#)?;
+        self.outbox.hold();
+        let unavailable = |status: Status| {
+            End::close(
+                CloseReason::LogicUnavailable,
+                format!("cannot read the inbox to resume: {}", status.message()),
+            )
+        };
+        let logic = &self.ctx.logic;
+        let mut kept = logic.inbox(self.mid, since).await.map_err(unavailable)?;
+        // Above the latest: the inbox expired and numbering restarted, so
+        // everything kept is new to the device.
+        let restarted = since > kept.last;
+        if restarted {
+            kept = logic.inbox(self.mid, 0).await.map_err(unavailable)?;
+        }
+        let reset = restarted || (kept.last > since && kept.oldest > since + 1);
+        let mut replay: Vec<EncodedPacket> = kept
+            .messages
+            .into_iter()
+            .filter_map(|message| {
+                let op = u32::try_from(message.op).ok()?;
+                Packet::new(Op(op), seq_of(message.seq), message.body)
+                    .encode()
+                    .ok()
+            })
+            .collect();
+        self.ctx.metrics.resumed(replay.len(), reset);
+        let resumed = Resumed {
+            last: kept.last,
+            reset,
+            oldest: reset.then_some(kept.oldest),
+        };
+        let body = serde_json::to_vec(&resumed).unwrap_or_default();
+        if let Ok(done) = packet.reply(Op::RESUMED, body).encode() {
+            replay.push(done);
+        }
+        self.outbox.release(replay, seq_of(kept.last));
+        Ok(())
+    }
+
+    /// Forwards a device's cumulative ack to logic, once per new high; an
+    /// ack above the user's latest sequence closes the connection.
+    fn ack(&mut self, packet: &Packet) -> Result<(), End> {
+        let Ack { ack } = parse_body(packet, r#"{"ack": N} with N >= 0"#)?;
+        if ack <= self.acked {
+            return Ok(());
+        }
+        self.acked = ack;
+        let (logic, mid, outbox) = (self.ctx.logic.clone(), self.mid, self.outbox.clone());
+        self.ctx.shutdown.background.spawn(async move {
+            if let Err(status) = logic.ack(mid, ack).await
+                && status.code() == tonic::Code::InvalidArgument
+            {
+                outbox.close(CloseBody::new(
+                    CloseReason::ProtocolError,
+                    Some(status.message()),
+                ));
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A user sequence number in a packet header (32 bits, like goim's seq).
+fn seq_of(seq: u64) -> u32 {
+    u32::try_from(seq).unwrap_or(u32::MAX)
 }
 
 /// An op-14/16 body: comma-separated ops.

@@ -8,7 +8,7 @@ use crate::online::Online;
 use crate::transport::memory::{MemoryTransport, Out};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imcloud_proto::logic::ConnectReply;
+use imcloud_proto::logic::{ConnectReply, InboxMessage, InboxReply};
 use imcloud_protocol::Packet;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -42,6 +42,7 @@ impl SessionLogic for FakeLogic {
             room_id: parts.next().unwrap_or("").to_owned(),
             accepts: vec![1000],
             heartbeat: 10,
+            resume_wait_ms: 200,
         })
     }
 
@@ -57,6 +58,35 @@ impl SessionLogic for FakeLogic {
 
     async fn receive(&self, mid: i64, packet: &Packet) -> Result<(), Status> {
         let _ = self.calls.send(Call::Receive(mid, packet.body.clone()));
+        Ok(())
+    }
+
+    /// User 1 has had 5 messages and 3..=5 are kept; nobody else has any.
+    async fn inbox(&self, mid: i64, since: u64) -> Result<InboxReply, Status> {
+        if mid != 1 {
+            return Ok(InboxReply::default());
+        }
+        Ok(InboxReply {
+            mid,
+            last: 5,
+            oldest: 3,
+            messages: (since.max(2) + 1..=5)
+                .map(|seq| InboxMessage {
+                    seq,
+                    op: 1000,
+                    body: Bytes::from(format!("m{seq}")),
+                })
+                .collect(),
+        })
+    }
+
+    async fn ack(&self, mid: i64, ack: u64) -> Result<(), Status> {
+        let latest = if mid == 1 { 5 } else { 0 };
+        if ack > latest {
+            return Err(Status::invalid_argument(format!(
+                "ack {ack} is above the latest sequence number, {latest}"
+            )));
+        }
         Ok(())
     }
 }
@@ -281,4 +311,124 @@ async fn an_overflowing_queue_closes_as_a_slow_consumer() {
     assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
     conn.served.await.expect("served");
     assert_eq!(conn.ctx.metrics.limits_hit("send_queue"), 1);
+}
+
+/// A user push numbered `seq`, as logic sends it by key.
+async fn push_user(conn: &Harness, key: &str, seq: u32) {
+    let push = crate::outbox::Push::new(
+        Packet::new(Op(1000), seq, Bytes::from(format!("m{seq}")))
+            .encode()
+            .expect("encode"),
+        std::time::Instant::now(),
+    );
+    conn.ctx
+        .buckets
+        .push_keys([Key::from(key)], &push, None)
+        .await
+        .expect("buckets");
+}
+
+impl Harness {
+    async fn seqs_until_resumed(&mut self) -> (Vec<u32>, serde_json::Value) {
+        let mut seqs = Vec::new();
+        loop {
+            let packet = self.packet().await;
+            if packet.op == Op::RESUMED {
+                return (seqs, serde_json::from_slice(&packet.body).expect("op-19 JSON"));
+            }
+            assert_eq!(packet.op, Op(1000), "{packet:?}");
+            assert_eq!(&packet.body[..], format!("m{}", packet.seq).as_bytes());
+            seqs.push(packet.seq);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_replays_what_was_missed_before_the_held_pushes() {
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    // Live pushes that race the resume: 5 is also in the inbox.
+    push_user(&conn, "k1", 5).await;
+    push_user(&conn, "k1", 6).await;
+    conn.send(Op::RESUME, br#"{"since":2}"#);
+    let (replayed, done) = conn.seqs_until_resumed().await;
+    assert_eq!(replayed, [3, 4, 5]);
+    assert_eq!(done, serde_json::json!({"last": 5}));
+    assert_eq!(conn.packet().await.seq, 6, "the held push, once");
+    push_user(&conn, "k1", 7).await;
+    assert_eq!(conn.packet().await.seq, 7, "then live pushes");
+
+    // Again on a live connection (the SDK does after a gap): same answer.
+    conn.send(Op::RESUME, br#"{"since":4}"#);
+    let (replayed, done) = conn.seqs_until_resumed().await;
+    assert_eq!((replayed, done["last"].clone()), (vec![5], 5.into()));
+    assert_eq!(conn.ctx.metrics.resumes("resumed"), 2);
+}
+
+#[tokio::test]
+async fn a_resume_from_before_the_oldest_kept_says_reset() {
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    conn.send(Op::RESUME, br#"{"since":1}"#);
+    let (replayed, done) = conn.seqs_until_resumed().await;
+    assert_eq!(replayed, [3, 4, 5]);
+    assert_eq!(done, serde_json::json!({"last": 5, "reset": true, "oldest": 3}));
+
+    // Above the latest: numbering restarted; everything kept is replayed.
+    conn.send(Op::RESUME, br#"{"since":9}"#);
+    let (replayed, done) = conn.seqs_until_resumed().await;
+    assert_eq!(replayed, [3, 4, 5]);
+    assert_eq!(done["reset"], true);
+    assert_eq!(conn.ctx.metrics.resumes("reset"), 2);
+
+    // An empty inbox: nothing replayed, last 0.
+    let mut conn = start();
+    conn.authenticated("2:k2:").await;
+    conn.send(Op::RESUME, br#"{"since":0}"#);
+    let (replayed, done) = conn.seqs_until_resumed().await;
+    assert!(replayed.is_empty());
+    assert_eq!(done, serde_json::json!({"last": 0}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_resumes_gets_its_pushes_after_the_hold() {
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    push_user(&conn, "k1", 6).await;
+    let started = Instant::now();
+    assert_eq!(conn.packet().await.seq, 6);
+    assert!(started.elapsed() >= Duration::from_millis(150), "held first");
+    push_user(&conn, "k1", 7).await;
+    assert_eq!(conn.packet().await.seq, 7);
+}
+
+#[tokio::test]
+async fn bad_resumes_and_acks_are_protocol_errors() {
+    for (op, body, says) in [
+        (Op::RESUME, &br#"{"since":-1}"#[..], "since"),
+        (Op::RESUME, br#"{"since":"3"}"#, "since"),
+        (Op::RESUME, b"3", "since"),
+        (Op::ACK, br#"{"ack":1.5}"#, "ack"),
+        (Op::ACK, br#"{"ack":6}"#, "above the latest"),
+    ] {
+        let mut conn = start();
+        conn.authenticated("1:k1:").await;
+        conn.send(op, body);
+        let close = conn.close().await;
+        assert_eq!(close.close_reason(), Some(CloseReason::ProtocolError));
+        assert!(close.reason.contains(says), "{op}: {}", close.reason);
+    }
+    // Before auth, like any other packet.
+    for op in [Op::RESUME, Op::ACK] {
+        let mut conn = start();
+        conn.send(op, br#"{"since":0,"ack":0}"#);
+        let close = conn.close().await;
+        assert!(close.reason.contains("must be auth"), "{}", close.reason);
+    }
+    // An ack in range is taken without a reply.
+    let mut conn = start();
+    conn.authenticated("1:k1:").await;
+    conn.send(Op::ACK, br#"{"ack":5}"#);
+    conn.send(Op::HEARTBEAT, b"");
+    assert_eq!(conn.packet().await.op, Op::HEARTBEAT_REPLY);
 }

@@ -1,6 +1,14 @@
 //! imcloud's Rust client SDK: connect over WebSocket or TCP, authenticate,
-//! receive pushes (op-9 batches unpacked), and make protocol requests.
+//! receive pushes (op-9 batches unpacked), and make protocol requests
+//! ([`Client`]); or let a [`Device`] do it all and hand the app every
+//! message to its user once, in order, across reconnects.
 //! Used by the integration tests and by `imbench`.
+
+mod device;
+mod sequencer;
+
+pub use device::{ACK_DELAY, Connector, DEFAULT_GAP_WAIT, Device};
+pub use sequencer::{Event, Resumed, Sequencer};
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -237,6 +245,19 @@ impl Client {
         self.request(Op::SEND_MSG, body).await.map(|ack| ack.body)
     }
 
+    /// Asks for the user's messages after `since` (op 18); they come as
+    /// pushes, then op 19 ([`Resumed`]).
+    pub async fn resume(&mut self, since: u64) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "since": since }).to_string();
+        self.send(Packet::new(Op::RESUME, 0, body)).await
+    }
+
+    /// Acknowledges every message of the user up to `ack` (op 20).
+    pub async fn ack(&mut self, ack: u64) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "ack": ack }).to_string();
+        self.send(Packet::new(Op::ACK, 0, body)).await
+    }
+
     /// Waits for the server to close the connection and returns its op 6
     /// body, skipping anything else that arrives first.
     pub async fn closed(&mut self) -> Result<CloseBody, ClientError> {
@@ -262,7 +283,7 @@ fn join(ops: &[u32]) -> String {
     ops.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn close_error(packet: &Packet) -> ClientError {
+pub(crate) fn close_error(packet: &Packet) -> ClientError {
     match CloseBody::parse(&packet.body) {
         Ok(body) => ClientError::Closed(body),
         Err(err) => ClientError::Unexpected(format!("op 6 body: {err}")),

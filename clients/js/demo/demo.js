@@ -1,5 +1,7 @@
 // The demo page: connects with the SDK, shows what arrives, and pushes
-// through logic's HTTP API. Settings come from the query string (ws, api,
+// through logic's HTTP API. "Go offline" closes the connection: pushes by
+// mid sent meanwhile are kept by the server and replayed on "Go online",
+// from the last message this browser showed (kept in localStorage per mid). Settings come from the query string (ws, api,
 // mid, room, token, apikey), then the cloud node's /demo/config.json, then
 // defaults built from this page's host.
 import { Client, text } from './sdk/index.js';
@@ -35,7 +37,9 @@ function addMessage(packet) {
   const item = document.createElement('li');
   const meta = document.createElement('span');
   meta.className = 'meta';
-  meta.textContent = `${new Date().toLocaleTimeString()} op ${packet.op}`;
+  const numbered = packet.seq > 0 ? ` · #${packet.seq}` : '';
+  const missed = packet.seq > 0 && packet.seq <= missedUpTo ? ' · sent while offline' : '';
+  meta.textContent = `${new Date().toLocaleTimeString()} op ${packet.op}${numbered}${missed}`;
   const body = document.createElement('span');
   body.className = 'body';
   body.textContent = text(packet);
@@ -57,16 +61,21 @@ async function api(path, body) {
 }
 
 let client;
+/** User messages up to this one were pushed while the page was offline. */
+let missedUpTo = 0;
+const lastSeqKey = (mid) => `imcloud-demo-last-${mid}`;
 
 async function connect() {
   client?.close();
   const mid = $('mid').value;
+  const lastSeq = Number(localStorage.getItem(lastSeqKey(mid))) || 0;
   const room = $('room').value;
   const typed = $('token').value;
   client = new Client({
     url: $('ws').value,
     // Asked again at every reconnect, so expired development tokens renew.
     token: async () => typed || (await api(`/im/dev/token?mid=${encodeURIComponent(mid)}&room=${encodeURIComponent(room)}&accepts=1000`)).token,
+    lastSeq,
   });
   client.on('state', (state) => {
     $('state').textContent = state;
@@ -79,7 +88,11 @@ async function connect() {
     $('online').textContent = String(count);
   });
   client.on('close', (info) => show($('result'), `closed: ${info.reason} (${info.code})`, !info.reconnect));
-  client.on('message', addMessage);
+  client.on('message', (packet) => {
+    addMessage(packet);
+    localStorage.setItem(lastSeqKey(mid), String(client.lastSeq));
+  });
+  client.on('reset', ({ oldest }) => show($('result'), `messages before #${oldest} are no longer kept`, true));
   try {
     await client.connect();
   } catch (error) {
@@ -112,9 +125,28 @@ async function push(event) {
   }
 }
 
+async function toggleOffline() {
+  const button = $('offline');
+  if (client && client.state !== 'closed') {
+    client.close();
+    button.textContent = 'Go online';
+    return;
+  }
+  button.textContent = 'Go offline';
+  // What the server numbered meanwhile is what the replay will bring.
+  try {
+    const inbox = await api(`/im/inbox?mid=${encodeURIComponent($('mid').value)}&since=${client?.lastSeq ?? 0}`);
+    missedUpTo = inbox.last;
+  } catch {
+    // Needs the API key on a keyed logic: then no "sent while offline" marks.
+  }
+  connect();
+}
+
 const initial = await settings();
 for (const [id, value] of Object.entries(initial)) $(id).value = value;
 $('push').addEventListener('submit', push);
+$('offline').addEventListener('click', toggleOffline);
 $('settings').addEventListener('submit', (event) => {
   event.preventDefault();
   connect();

@@ -1,7 +1,8 @@
 // The demo page in a real browser: Debian's chromium, headless, driven by
 // playwright-core. Loads the page from a running imcloud (IMCLOUD_PAGE),
 // waits for it to connect, clicks Send for a push by mid, to the room and to
-// everyone, and sees each message appear. Saves a screenshot
+// everyone, and sees each message appear; goes offline, pushes by mid, comes
+// back and sees the message it missed. Saves a screenshot
 // (IMCLOUD_SCREENSHOT). crates/imcloud/tests/javascript.rs runs it; by hand:
 //   IMCLOUD_PAGE=http://127.0.0.1:3104/ node e2e/demo.e2e.mjs
 import assert from 'node:assert/strict';
@@ -53,6 +54,21 @@ try {
     console.log(`ok: ${target} push shown`);
   }
   assert.equal(await page.locator('#messages li').count(), 3);
+
+  // Offline: a push by mid is kept, and shown once the page is back.
+  await page.click('#offline');
+  await page.locator('#state[data-state="closed"]').waitFor();
+  await page.selectOption('#target', 'mid');
+  await page.fill('#message', 'sent while the page was offline');
+  await page.click('#send');
+  await page.locator('#result', { hasText: '"stored":1' }).waitFor();
+  assert.equal(await page.locator('#messages li').count(), 3, 'nothing shown while offline');
+  await page.click('#offline');
+  const missed = page.locator('#messages li', { hasText: 'sent while the page was offline' });
+  await missed.waitFor();
+  assert.match(await missed.locator('.meta').textContent(), /#2 · sent while offline/);
+  console.log('ok: a push sent while offline shown after coming back');
+  assert.equal(await page.locator('#messages li').count(), 4, 'once');
   const online = Number(await page.locator('#online').textContent());
   assert.ok(online >= 1, `room online count ${online}`);
 

@@ -3,8 +3,15 @@
 // with capped exponential backoff and jitter, unless the server said that
 // reconnecting cannot help (op 6 with reconnect: false, as after a refused
 // token).
+//
+// Messages to the user (pushes with seq > 0) are handed to the app once and
+// in order across reconnects: the client remembers the last one handed,
+// resumes from it on every connection (op 18, sent with op 7), acknowledges
+// what the app's handlers returned from (op 20, cumulative, debounced), and
+// resumes from a gap that does not fill by itself.
 
 import { Op, closeInfo, decodeFrame, encode, text } from './protocol.js';
+import { Sequencer } from './sequence.js';
 
 /**
  * What the server says about this connection once authenticated (op 8).
@@ -32,6 +39,11 @@ import { Op, closeInfo, decodeFrame, encode, text } from './protocol.js';
  * @property {Backoff} [backoff]
  * @property {number} [requestTimeoutMs] how long a request waits for its reply (default 10000)
  * @property {typeof WebSocket} [WebSocket] a WebSocket implementation (default: the global one)
+ * @property {number} [lastSeq] the last user message already handled (e.g. kept in
+ *   localStorage across page loads; default 0: everything the server keeps is replayed)
+ * @property {boolean} [resume] resume and acknowledge user messages (default true)
+ * @property {number} [gapWaitMs] how long an early message waits for a missing one (default 500)
+ * @property {number} [ackDelayMs] how long a handled message waits for its cumulative ack (default 200)
  */
 
 /** A request that could not complete: closed connection, timeout or refusal. */
@@ -70,7 +82,10 @@ const REPLY = {
 /**
  * Events:
  * - a number (an op >= 1000, or any op): `(body: Uint8Array, packet) => void` for each packet of that op
- * - `'message'`: `(packet) => void` for every business packet (op >= 1000)
+ * - `'message'`: `(packet) => void` for every business packet (op >= 1000); user
+ *   messages (seq > 0) once each, in order; acknowledged once the handlers return
+ * - `'reset'`: `({oldest}) => void` messages after `lastSeq` and before `oldest`
+ *   are no longer kept by the server (fetch them from your backend if they matter)
  * - `'open'`: `(identity) => void` after each successful auth
  * - `'online'`: `(count) => void` the room's online count from each heartbeat reply
  * - `'close'`: `({code, reason, reconnect, retryAfterMs}) => void` when a connection ends
@@ -85,6 +100,9 @@ export class Client {
     this.options = {
       reconnect: true,
       requestTimeoutMs: 10000,
+      resume: true,
+      gapWaitMs: 500,
+      ackDelayMs: 200,
       ...options,
       backoff: { ...options.backoff },
     };
@@ -101,7 +119,11 @@ export class Client {
     this.seq = 0;
     this.attempt = 0;
     this.socket = undefined;
-    this.timers = { heartbeat: undefined, silence: undefined, retry: undefined };
+    this.timers = { heartbeat: undefined, silence: undefined, retry: undefined, ack: undefined, gap: undefined };
+    this.sequencer = new Sequencer(options.lastSeq ?? 0, this.options.gapWaitMs);
+    /** The last user message the app's handlers returned from (acknowledged soon). */
+    this.handled = this.sequencer.last;
+    this.acked = this.handled;
     /** What to restore after a reconnect: the room changed to and the ops watched. */
     this.wanted = { room: undefined, watched: new Set() };
   }
@@ -149,6 +171,10 @@ export class Client {
   close() {
     this.stopped = true;
     clearTimeout(this.timers.retry);
+    clearTimeout(this.timers.ack);
+    clearTimeout(this.timers.gap);
+    this.ack();
+    clearTimeout(this.timers.ack);
     this.socket?.close(1000);
     this.teardown({ code: 1000, reason: 'closed by the client', reconnect: false });
     this.setState('closed');
@@ -197,6 +223,11 @@ export class Client {
     }
   }
 
+  /** The last user message handed to the app: keep it to pass as `lastSeq` next time. */
+  get lastSeq() {
+    return this.sequencer.last;
+  }
+
   // --- the connection's life ---
 
   async open() {
@@ -216,7 +247,11 @@ export class Client {
     this.socket = socket;
     /** @type {import('./protocol.js').CloseInfo | undefined} */
     let told;
-    socket.onopen = () => socket.send(encode(Op.AUTH, this.nextSeq(), token));
+    socket.onopen = () => {
+      socket.send(encode(Op.AUTH, this.nextSeq(), token));
+      // Right behind op 7: the node holds live user pushes until it is read.
+      if (this.options.resume) this.resume();
+    };
     socket.onmessage = (event) => {
       if (socket !== this.socket) return;
       let packets;
@@ -247,6 +282,10 @@ export class Client {
       case Op.AUTH_REPLY:
         this.authenticated(JSON.parse(text(packet)));
         return;
+      case Op.RESUMED:
+        this.sequencer.resumed(JSON.parse(text(packet)), Date.now());
+        this.deliver();
+        return;
       case Op.HEARTBEAT_REPLY:
         if (packet.body.length >= 4) {
           const view = new DataView(packet.body.buffer, packet.body.byteOffset, 4);
@@ -263,8 +302,54 @@ export class Client {
       waiting.resolve(packet);
       return;
     }
+    if (packet.op >= Op.FIRST_BUSINESS && this.options.resume) {
+      this.sequencer.push(packet, Date.now());
+      this.deliver();
+      return;
+    }
     if (packet.op >= Op.FIRST_BUSINESS) this.emit('message', packet);
     this.emit(packet.op, packet.body, packet);
+  }
+
+  /** Hands the app what is in order; acks what its handlers returned from. */
+  deliver() {
+    for (let event = this.sequencer.pop(); event; event = this.sequencer.pop()) {
+      if (event.type === 'reset') {
+        this.emit('reset', { oldest: event.oldest });
+        continue;
+      }
+      const { packet } = event;
+      this.emit('message', packet);
+      this.emit(packet.op, packet.body, packet);
+      if (packet.seq > this.handled) {
+        this.handled = packet.seq;
+        this.timers.ack ??= setTimeout(() => this.ack(), this.options.ackDelayMs);
+      }
+    }
+    clearTimeout(this.timers.gap);
+    const due = this.sequencer.resumeDue();
+    if (due !== undefined) {
+      this.timers.gap = setTimeout(() => this.resume(), Math.max(0, due - Date.now()));
+    }
+  }
+
+  /** Asks for the user messages after the last one handed (op 18). */
+  resume() {
+    this.write(encode(Op.RESUME, 0, JSON.stringify({ since: this.sequencer.last })));
+    this.sequencer.resuming();
+  }
+
+  /** Acknowledges, cumulatively, what the app handled (op 20). */
+  ack() {
+    this.timers.ack = undefined;
+    if (this.handled <= this.acked) return;
+    if (this.socket?.readyState !== 1) {
+      // Sent on the next connection, right after its resume.
+      if (!this.stopped) this.timers.ack = setTimeout(() => this.ack(), this.options.ackDelayMs);
+      return;
+    }
+    this.write(encode(Op.ACK, 0, JSON.stringify({ ack: this.handled })));
+    this.acked = this.handled;
   }
 
   /** @param {Identity} identity */

@@ -23,6 +23,9 @@ export const Op = Object.freeze({
   WATCH_REPLY: 15,
   UNWATCH: 16,
   UNWATCH_REPLY: 17,
+  RESUME: 18,
+  RESUMED: 19,
+  ACK: 20,
   FIRST_BUSINESS: 1000,
 });
 

@@ -99,3 +99,29 @@ test('the heartbeat reply carries the room count', { skip }, async () => {
   assert.equal(Op.HEARTBEAT_REPLY, 3);
   client.close();
 });
+
+test('a message pushed while the page was away arrives once it is back, once', { skip }, async () => {
+  const before = new Client({ url: ws, token: () => token(9004) });
+  const first = next(before, 1000);
+  await before.connect();
+  await call('/im/push/mids', { mids: [9004], operation: 1000, msg: 'before' });
+  assert.equal(text((await first)[0]), 'before');
+  const lastSeq = before.lastSeq;
+  before.close();
+
+  const data = await call('/im/push/mids', { mids: [9004], operation: 1000, msg: 'while away' });
+  assert.equal(data.stored, 1);
+
+  // The page comes back with the lastSeq it kept (localStorage, say).
+  const after = new Client({ url: ws, token: () => token(9004), lastSeq });
+  const seen = [];
+  after.on(1000, (_body, packet) => seen.push(`${packet.seq}:${text(packet)}`));
+  const missed = next(after, 1000);
+  await after.connect();
+  await missed;
+  const live = next(after, 1000);
+  await call('/im/push/mids', { mids: [9004], operation: 1000, msg: 'live' });
+  await live;
+  assert.deepEqual(seen, [`${lastSeq + 1}:while away`, `${lastSeq + 2}:live`]);
+  after.close();
+});

@@ -105,7 +105,8 @@ impl<C: Connector> Device<C> {
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         if self.handing > self.handled {
             self.handled = self.handing;
-            self.ack_due.get_or_insert_with(|| Instant::now() + ACK_DELAY);
+            self.ack_due
+                .get_or_insert_with(|| Instant::now() + ACK_DELAY);
         }
         let mut backoff = Duration::from_millis(20);
         loop {

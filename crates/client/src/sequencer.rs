@@ -80,13 +80,12 @@ impl Sequencer {
 
     /// A push arrived.
     pub fn push(&mut self, packet: Packet, now: Instant) {
-        if let Some(gathered) = &mut self.resuming {
-            gathered.push(packet);
-            return;
-        }
         let seq = u64::from(packet.seq);
         if seq == 0 {
+            // Not a user message (by key, room, broadcast): as it comes.
             self.ready.push_back(Event::Message(packet));
+        } else if let Some(gathered) = &mut self.resuming {
+            gathered.push(packet);
         } else if seq <= self.last {
             // A duplicate: a resume replayed it, or it was pushed twice.
         } else if seq == self.last + 1 {
@@ -175,7 +174,10 @@ mod tests {
         let mut sequencer = Sequencer::new(4, Duration::from_millis(500));
         sequencer.push(message(6), now);
         assert!(seqs(&mut sequencer).is_empty());
-        assert_eq!(sequencer.resume_due(), Some(now + Duration::from_millis(500)));
+        assert_eq!(
+            sequencer.resume_due(),
+            Some(now + Duration::from_millis(500))
+        );
         sequencer.push(message(5), now);
         sequencer.push(message(5), now);
         sequencer.push(message(0), now);
@@ -193,14 +195,24 @@ mod tests {
             sequencer.push(message(seq), now);
         }
         assert!(seqs(&mut sequencer).is_empty());
-        sequencer.resumed(Resumed { last: 6, ..Resumed::default() }, now);
+        sequencer.resumed(
+            Resumed {
+                last: 6,
+                ..Resumed::default()
+            },
+            now,
+        );
         assert_eq!(seqs(&mut sequencer), [4, 5, 6]);
 
         // Numbering restarted on the server: 1 and 2 are new.
         sequencer.resuming();
         sequencer.push(message(1), now);
         sequencer.push(message(2), now);
-        let reset = Resumed { last: 2, reset: true, oldest: 1 };
+        let reset = Resumed {
+            last: 2,
+            reset: true,
+            oldest: 1,
+        };
         sequencer.resumed(reset, now);
         assert_eq!(seqs(&mut sequencer), [u32::MAX, 1, 2]);
     }

@@ -282,9 +282,10 @@ impl Session {
         let idle = self.heartbeat * 2;
         let started = Instant::now();
         // One timer for both: the end of the resume hold comes first.
-        let deadline = sleep_until(self.hold_until.map_or(started + idle, |until| {
-            until.min(started + idle)
-        }));
+        let deadline = sleep_until(
+            self.hold_until
+                .map_or(started + idle, |until| until.min(started + idle)),
+        );
         tokio::pin!(deadline);
         loop {
             // Unbiased: a busy outbox must not starve the client's packets.

@@ -44,6 +44,11 @@ const FILES: &[(&str, &str, &str)] = &[
         JS,
         include_str!("../../../clients/js/src/protocol.js"),
     ),
+    (
+        "/sdk/sequence.js",
+        JS,
+        include_str!("../../../clients/js/src/sequence.js"),
+    ),
 ];
 
 /// The routes of the page, its assets and `/demo/config.json` (where the

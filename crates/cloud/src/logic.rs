@@ -17,8 +17,8 @@ use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::Proto;
 use imcloud_proto::logic::logic_client::LogicClient as GrpcClient;
 use imcloud_proto::logic::{
-    AckReq, ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, InboxReply, InboxReq,
-    OnlineReq, PingReq, ReceiveReq, RenewSessionsReq, Session,
+    AckReq, ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, InboxReply, InboxReq, OnlineReq,
+    PingReq, ReceiveReq, RenewSessionsReq, Session,
 };
 use imcloud_protocol::Packet;
 use tokio::sync::{Semaphore, watch};

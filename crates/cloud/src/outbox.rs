@@ -320,7 +320,9 @@ mod tests {
         for seq in [4, 6, 5] {
             outbox.deliver(&user_push(seq)).expect("held");
         }
-        outbox.deliver(&user_push(0)).expect("a key push is never held");
+        outbox
+            .deliver(&user_push(0))
+            .expect("a key push is never held");
         let mut out = Vec::new();
         outbox.drain(&mut out);
         assert_eq!(out, vec![packet(0), packet(0)], "user pushes are held");

@@ -21,13 +21,13 @@ use crate::inbox::{InboxLimits, InboxStore, MemoryInbox};
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
+use crate::offline::OfflineWorker;
 use crate::push::Pusher;
 use crate::redis_store::RedisStore;
 use crate::router::Clouds;
 use crate::session::{SessionStore, StoreError};
 use crate::timed_store::TimedStore;
 use crate::verifier::{InsecureJson, Jwt, TokenVerifier, Webhook};
-use crate::offline::OfflineWorker;
 use crate::{grpc, http, webhook};
 
 /// The sockets a logic node serves, bound by the caller.
@@ -102,7 +102,10 @@ impl Logic {
         let limits = InboxLimits {
             max: config.inbox_max,
             ttl: config.inbox_ttl,
-            ack_timeout: config.offline_webhook.is_some().then_some(config.ack_timeout),
+            ack_timeout: config
+                .offline_webhook
+                .is_some()
+                .then_some(config.ack_timeout),
         };
         let (store, inbox): (Arc<dyn SessionStore>, Arc<dyn InboxStore>) =
             match config.session_store {
@@ -200,7 +203,8 @@ impl Logic {
                 inbox: inbox.clone(),
                 webhook: webhook::Webhook::new(url, config.call_timeout),
                 metrics: metrics.clone(),
-                poll: (config.ack_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+                poll: (config.ack_timeout / 10)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(1)),
                 lease: config.call_timeout * 4,
             };
             tokio::spawn(worker.run(stop.clone()));

@@ -96,7 +96,11 @@ async fn ack_contract(inbox: Arc<dyn InboxStore>) {
         Acked::AboveLatest { last: 0 }
     );
     assert!(
-        inbox.claim_unacked(10, LEASE).await.expect("claim").is_empty(),
+        inbox
+            .claim_unacked(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty(),
         "nothing is due before the ack timeout"
     );
 
@@ -105,7 +109,13 @@ async fn ack_contract(inbox: Arc<dyn InboxStore>) {
     assert_eq!(claimed.len(), 1, "{claimed:?}");
     assert_eq!((claimed[0].mid, claimed[0].message.seq), (1, 3));
     assert_eq!(claimed[0].attempt, 0);
-    assert!(inbox.claim_unacked(10, LEASE).await.expect("claim").is_empty());
+    assert!(
+        inbox
+            .claim_unacked(10, LEASE)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
 
     // A failed call: due again after the retry delay, one attempt more.
     inbox

@@ -73,7 +73,9 @@ async fn a_device_cut_off_resumes_on_another_cloud_node_with_exactly_what_it_mis
     // stored and reach no device.
     drop(phone);
     eventually("the phone's session closed", async || {
-        let (_, body) = cluster.post_form("/im/push/keys", "keys=p5&msg=probe").await;
+        let (_, body) = cluster
+            .post_form("/im/push/keys", "keys=p5&msg=probe")
+            .await;
         body["data"]["keys"] == 0
     })
     .await;
@@ -99,8 +101,15 @@ async fn a_device_cut_off_resumes_on_another_cloud_node_with_exactly_what_it_mis
     // An ack above the latest is a protocol error, with the reason.
     phone.ack(99).await.expect("send");
     let close = phone.closed().await.expect("op 6");
-    assert_eq!(close.code, imcloud_protocol::CloseReason::ProtocolError.code());
-    assert!(close.reason.contains("above the latest"), "{}", close.reason);
+    assert_eq!(
+        close.code,
+        imcloud_protocol::CloseReason::ProtocolError.code()
+    );
+    assert!(
+        close.reason.contains("above the latest"),
+        "{}",
+        close.reason
+    );
 }
 
 #[tokio::test]
@@ -121,7 +130,8 @@ async fn a_resume_from_before_the_oldest_kept_says_so_and_gives_the_oldest() {
 
 /// A device of `mid` connecting to a random cloud node of `cluster`.
 fn device(cluster: &Cluster, mid: i64) -> Device<impl imcloud_client::Connector + use<>> {
-    let urls: Arc<Vec<String>> = Arc::new(cluster.clouds.iter().map(|c| c.ws_url.clone()).collect());
+    let urls: Arc<Vec<String>> =
+        Arc::new(cluster.clouds.iter().map(|c| c.ws_url.clone()).collect());
     let connector = move || {
         let url = urls[fastrand::usize(..urls.len())].clone();
         async move { Client::connect_ws(&url).await }
@@ -233,8 +243,14 @@ async fn soak_devices_cut_at_random_end_with_every_message_once_and_in_order() {
                         .map(|user| (1000 + user % USERS as usize).to_string())
                         .collect();
                     let form = format!("mids={}&msg=p{n}", mids.join(","));
-                    let (status, body) = cluster.post_form_to(worker % 2, "/im/push/mids", &form).await;
-                    assert_eq!((status, &body["data"]["stored"]), (200, &json!(USERS_PER_PUSH)), "{body}");
+                    let (status, body) = cluster
+                        .post_form_to(worker % 2, "/im/push/mids", &form)
+                        .await;
+                    assert_eq!(
+                        (status, &body["data"]["stored"]),
+                        (200, &json!(USERS_PER_PUSH)),
+                        "{body}"
+                    );
                 }
             })
         })
@@ -246,7 +262,9 @@ async fn soak_devices_cut_at_random_end_with_every_message_once_and_in_order() {
 
     let mut last = HashMap::new();
     for mid in 1000..1000 + USERS {
-        let (_, inbox) = cluster.get(&format!("/im/inbox?mid={mid}&since=4294967295")).await;
+        let (_, inbox) = cluster
+            .get(&format!("/im/inbox?mid={mid}&since=4294967295"))
+            .await;
         let latest = inbox["data"]["last"].as_u64().expect("last");
         last.insert(mid, u32::try_from(latest).expect("u32"));
     }
@@ -264,38 +282,49 @@ async fn soak_devices_cut_at_random_end_with_every_message_once_and_in_order() {
         reconnects += connections - 1;
     }
     eprintln!("soak: {reconnects} reconnects");
-    assert!(reconnects > 100, "only {reconnects} reconnects: the soak cut too little");
+    assert!(
+        reconnects > 100,
+        "only {reconnects} reconnects: the soak cut too little"
+    );
 }
 
 /// A backend's offline webhook: records each POST as (mid, seq, op, body);
 /// answers 500 to the first `failures` calls.
-async fn offline_hook(failures: usize) -> (String, mpsc::UnboundedReceiver<(i64, u64, i32, String)>) {
-    type Hook = (mpsc::UnboundedSender<(i64, u64, i32, String)>, Arc<AtomicUsize>);
+async fn offline_hook(
+    failures: usize,
+) -> (String, mpsc::UnboundedReceiver<(i64, u64, i32, String)>) {
+    type Hook = (
+        mpsc::UnboundedSender<(i64, u64, i32, String)>,
+        Arc<AtomicUsize>,
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     let listener = bind().await;
     let url = format!("http://{}/offline", listener.local_addr().expect("addr"));
     let header = |headers: &HeaderMap, name: &str| -> String {
         headers[name].to_str().expect("header").to_owned()
     };
-    let app = axum::Router::new()
-        .route(
-            "/offline",
-            axum::routing::post(
-                move |State((tx, calls)): State<Hook>, headers: HeaderMap, body: bytes::Bytes| async move {
-                    if calls.fetch_add(1, Ordering::SeqCst) < failures {
-                        return StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    let _ = tx.send((
-                        header(&headers, "x-imcloud-mid").parse().expect("mid"),
-                        header(&headers, "x-imcloud-seq").parse().expect("seq"),
-                        header(&headers, "x-imcloud-op").parse().expect("op"),
-                        String::from_utf8_lossy(&body).into_owned(),
-                    ));
-                    StatusCode::OK
-                },
-            ),
-        )
-        .with_state((tx, Arc::new(AtomicUsize::new(0))));
+    let app =
+        axum::Router::new()
+            .route(
+                "/offline",
+                axum::routing::post(
+                    move |State((tx, calls)): State<Hook>,
+                          headers: HeaderMap,
+                          body: bytes::Bytes| async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) < failures {
+                            return StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        let _ = tx.send((
+                            header(&headers, "x-imcloud-mid").parse().expect("mid"),
+                            header(&headers, "x-imcloud-seq").parse().expect("seq"),
+                            header(&headers, "x-imcloud-op").parse().expect("op"),
+                            String::from_utf8_lossy(&body).into_owned(),
+                        ));
+                        StatusCode::OK
+                    },
+                ),
+            )
+            .with_state((tx, Arc::new(AtomicUsize::new(0))));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, rx)
 }
@@ -314,7 +343,10 @@ async fn messages_no_device_acknowledged_in_time_go_to_the_offline_webhook_once(
     push(&cluster, 0, 21, "for-21").await;
     let call = posted.recv().await.expect("posted");
     assert_eq!(call, (21, 1, 1000, "for-21".to_owned()));
-    assert!(pushed.elapsed() >= Duration::from_millis(300), "not before the ack timeout");
+    assert!(
+        pushed.elapsed() >= Duration::from_millis(300),
+        "not before the ack timeout"
+    );
 
     // A device that acknowledges in time: no POST.
     let mut phone = cluster.ws(0, token(22, None, "", &[])).await;
@@ -334,9 +366,18 @@ async fn messages_no_device_acknowledged_in_time_go_to_the_offline_webhook_once(
     assert_eq!((call.0, call.3.as_str()), (23, "for-23"));
     push(&cluster, 0, 24, "for-24").await;
     assert_eq!(posted.recv().await.expect("posted").0, 24);
-    assert!(posted.try_recv().is_err(), "22 acknowledged in time: never posted");
+    assert!(
+        posted.try_recv().is_err(),
+        "22 acknowledged in time: never posted"
+    );
     let samples = scrape(&cluster.http).await;
-    assert_eq!(sample(&samples, "imcloud_logic_offline_webhook_total{result=\"ok\"}"), 3.0);
+    assert_eq!(
+        sample(
+            &samples,
+            "imcloud_logic_offline_webhook_total{result=\"ok\"}"
+        ),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -352,9 +393,24 @@ async fn a_failing_offline_webhook_is_retried_with_backoff_and_the_inbox_keeps_t
     let call = posted.recv().await.expect("posted");
     assert_eq!(call, (31, 1, 1000, "retry-me".to_owned()));
     let samples = scrape(&cluster.http).await;
-    assert_eq!(sample(&samples, "imcloud_logic_offline_webhook_total{result=\"failed\"}"), 2.0);
-    assert_eq!(sample(&samples, "imcloud_logic_offline_webhook_total{result=\"ok\"}"), 1.0);
+    assert_eq!(
+        sample(
+            &samples,
+            "imcloud_logic_offline_webhook_total{result=\"failed\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "imcloud_logic_offline_webhook_total{result=\"ok\"}"
+        ),
+        1.0
+    );
     let (_, inbox) = cluster.get("/im/inbox?mid=31&since=0").await;
     assert_eq!(inbox["data"]["last"], 1, "{inbox}");
-    assert_eq!(inbox["data"]["messages"][0]["seq"], 1, "nothing lost from the inbox");
+    assert_eq!(
+        inbox["data"]["messages"][0]["seq"], 1,
+        "nothing lost from the inbox"
+    );
 }

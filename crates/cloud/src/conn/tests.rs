@@ -334,7 +334,10 @@ impl Harness {
         loop {
             let packet = self.packet().await;
             if packet.op == Op::RESUMED {
-                return (seqs, serde_json::from_slice(&packet.body).expect("op-19 JSON"));
+                return (
+                    seqs,
+                    serde_json::from_slice(&packet.body).expect("op-19 JSON"),
+                );
             }
             assert_eq!(packet.op, Op(1000), "{packet:?}");
             assert_eq!(&packet.body[..], format!("m{}", packet.seq).as_bytes());
@@ -372,7 +375,10 @@ async fn a_resume_from_before_the_oldest_kept_says_reset() {
     conn.send(Op::RESUME, br#"{"since":1}"#);
     let (replayed, done) = conn.seqs_until_resumed().await;
     assert_eq!(replayed, [3, 4, 5]);
-    assert_eq!(done, serde_json::json!({"last": 5, "reset": true, "oldest": 3}));
+    assert_eq!(
+        done,
+        serde_json::json!({"last": 5, "reset": true, "oldest": 3})
+    );
 
     // Above the latest: numbering restarted; everything kept is replayed.
     conn.send(Op::RESUME, br#"{"since":9}"#);
@@ -397,7 +403,10 @@ async fn a_client_that_never_resumes_gets_its_pushes_after_the_hold() {
     push_user(&conn, "k1", 6).await;
     let started = Instant::now();
     assert_eq!(conn.packet().await.seq, 6);
-    assert!(started.elapsed() >= Duration::from_millis(150), "held first");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "held first"
+    );
     push_user(&conn, "k1", 7).await;
     assert_eq!(conn.packet().await.seq, 7);
 }

@@ -66,9 +66,10 @@ enum Command {
         ops: Vec<u32>,
         watch: bool,
     },
+    /// Each key its push: the same one shared (by key), or each user's
+    /// numbered one (by mid).
     PushKeys {
-        keys: Vec<Key>,
-        push: Push,
+        targets: Vec<(Key, Push)>,
         filter: Option<u32>,
     },
     PushRoom {
@@ -146,14 +147,14 @@ impl Bucket {
                     }
                 }
             }
-            Command::PushKeys { keys, push, filter } => {
-                let targets = keys
+            Command::PushKeys { targets, filter } => {
+                let sent = targets
                     .iter()
-                    .filter_map(|key| self.members.get(key))
-                    .filter(|m| m.accepts(filter))
-                    .map(|m| &m.outbox);
-                let sent = deliver(targets, &push);
-                self.metrics.delivered(Delivery::Key, sent);
+                    .filter_map(|(key, push)| Some((self.members.get(key)?, push)))
+                    .filter(|(member, _)| member.accepts(filter))
+                    .filter(|(member, push)| member.outbox.deliver(push).is_ok())
+                    .count();
+                self.metrics.delivered(Delivery::Key, sent as u64);
             }
             Command::PushRoom { room, push } => {
                 if let Some(members) = self.rooms.get(&room) {
@@ -337,26 +338,19 @@ impl Buckets {
         &self.handles[self.index(key)]
     }
 
-    /// Pushes `push` to these keys: one command per bucket concerned.
+    /// Pushes to keys, each its push: one command per bucket concerned.
     pub(crate) async fn push_keys(
         &self,
-        keys: impl IntoIterator<Item = Key>,
-        push: &Push,
+        targets: impl IntoIterator<Item = (Key, Push)>,
         filter: Option<u32>,
     ) -> Result<(), BucketGone> {
-        let mut by_bucket: Vec<Vec<Key>> = vec![Vec::new(); self.handles.len()];
-        for key in keys {
-            by_bucket[self.index(&key)].push(key);
+        let mut by_bucket: Vec<Vec<(Key, Push)>> = vec![Vec::new(); self.handles.len()];
+        for (key, push) in targets {
+            by_bucket[self.index(&key)].push((key, push));
         }
-        for (handle, keys) in self.handles.iter().zip(by_bucket) {
-            if !keys.is_empty() {
-                handle
-                    .send(Command::PushKeys {
-                        keys,
-                        push: push.clone(),
-                        filter,
-                    })
-                    .await?;
+        for (handle, targets) in self.handles.iter().zip(by_bucket) {
+            if !targets.is_empty() {
+                handle.send(Command::PushKeys { targets, filter }).await?;
             }
         }
         Ok(())

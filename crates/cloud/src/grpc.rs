@@ -2,6 +2,7 @@
 //! node's clients. A message is encoded once per call and the same bytes go
 //! to every receiver.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::bucket::{BucketGone, Buckets, deliver};
+use crate::bucket::{BucketGone, Buckets, Key, deliver};
 use crate::metrics::{Delivery, Metrics};
 use crate::outbox::{Outbox, Push};
 use crate::pace::paced;
@@ -89,6 +90,18 @@ fn encode(proto: Option<Proto>) -> Result<Push, Status> {
     .map_err(|err| Status::invalid_argument(err.to_string()))
 }
 
+/// `push` once per distinct user sequence number: a user's devices share
+/// the user's packet.
+fn numbered(push: &Push, seqs: &[u32]) -> HashMap<u32, Push> {
+    let mut packets = HashMap::new();
+    for seq in seqs {
+        packets
+            .entry(*seq)
+            .or_insert_with(|| Push::new(push.packet.with_seq(*seq), push.at));
+    }
+    packets
+}
+
 /// `protoOp` 0 means "no filter"; otherwise only connections that accept it.
 fn op_filter(proto_op: i32) -> Result<Option<u32>, Status> {
     match proto_op {
@@ -124,12 +137,26 @@ impl Cloud for CloudService {
                 "keys must not contain an empty key",
             ));
         }
+        if !request.seqs.is_empty() && request.seqs.len() != request.keys.len() {
+            return Err(Status::invalid_argument(format!(
+                "seqs must hold one number per key: {} keys, {} seqs",
+                request.keys.len(),
+                request.seqs.len()
+            )));
+        }
         let filter = op_filter(request.proto_op)?;
         let push = encode(request.proto)?;
         self.metrics.pushed(Delivery::Key);
         debug!(keys = request.keys.len(), op = %push.packet.op(), "push to keys");
-        let keys = request.keys.iter().map(|key| key.as_str().into());
-        self.buckets.push_keys(keys, &push, filter).await?;
+        let keys = request.keys.iter().map(|key| Key::from(key.as_str()));
+        if request.seqs.is_empty() {
+            let targets = keys.map(|key| (key, push.clone()));
+            self.buckets.push_keys(targets, filter).await?;
+        } else {
+            let numbered = numbered(&push, &request.seqs);
+            let targets = keys.zip(request.seqs.iter().map(|seq| numbered[seq].clone()));
+            self.buckets.push_keys(targets, filter).await?;
+        }
         Ok(Response::new(PushMsgReply {}))
     }
 

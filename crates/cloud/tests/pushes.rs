@@ -84,6 +84,7 @@ async fn push_msg_with_a_proto_op_only_reaches_connections_that_accept_it() {
         .clone()
         .push_msg(PushMsgReq {
             keys: vec!["key-0".into(), "key-1".into()],
+            seqs: Vec::new(),
             proto_op: 1000,
             proto: Some(proto(1000, b"filtered")),
         })
@@ -194,6 +195,7 @@ async fn invalid_requests_are_refused_not_silently_accepted() {
     let no_keys = grpc
         .push_msg(PushMsgReq {
             keys: vec![],
+            seqs: Vec::new(),
             proto_op: 0,
             proto: Some(proto(1000, b"x")),
         })
@@ -202,6 +204,7 @@ async fn invalid_requests_are_refused_not_silently_accepted() {
     let no_proto = grpc
         .push_msg(PushMsgReq {
             keys: vec!["k".into()],
+            seqs: Vec::new(),
             proto_op: 0,
             proto: None,
         })
@@ -210,6 +213,7 @@ async fn invalid_requests_are_refused_not_silently_accepted() {
     let protocol_op = grpc
         .push_msg(PushMsgReq {
             keys: vec!["k".into()],
+            seqs: Vec::new(),
             proto_op: 0,
             proto: Some(proto(6, b"{}")),
         })
@@ -390,4 +394,43 @@ async fn a_drain_finishes_telling_logic_before_the_node_exits() {
         }
     }
     assert_eq!(disconnects, 6, "every Disconnect answered before the exit");
+}
+
+#[tokio::test]
+async fn push_msg_with_seqs_gives_each_key_its_users_number() {
+    let logic = LogicNode::start().await;
+    let node = CloudNode::start(test_config(logic.addr)).await;
+    let mut all = clients(&node, 3, |_| String::new(), &[]).await;
+    let keys = vec!["key-0".to_owned(), "key-1".into(), "key-2".into()];
+    node.grpc
+        .clone()
+        .push_msg(PushMsgReq {
+            keys: keys.clone(),
+            seqs: vec![7, 9, 7],
+            proto_op: 0,
+            proto: Some(proto(1000, b"numbered")),
+        })
+        .await
+        .expect("push");
+    for (client, seq) in all.iter_mut().zip([7, 9, 7]) {
+        let got = client.recv_push().await.expect("push");
+        assert_eq!((got.seq, &got.body[..]), (seq, &b"numbered"[..]));
+    }
+    let status = node
+        .grpc
+        .clone()
+        .push_msg(PushMsgReq {
+            keys,
+            seqs: vec![1],
+            proto_op: 0,
+            proto: Some(proto(1000, b"x")),
+        })
+        .await
+        .expect_err("one seq for three keys");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("one number per key"),
+        "{}",
+        status.message()
+    );
 }

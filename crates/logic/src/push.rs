@@ -60,11 +60,12 @@ pub struct Delivered {
 }
 
 /// What one call to a cloud node carries for a push by key or mid: the
-/// keys, and the user's sequence number (0 for pushes by key).
+/// keys, and for a push by mid each key's user's sequence number (one per
+/// key; empty for pushes by key, which are not numbered).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Batch {
     keys: Vec<String>,
-    seq: u64,
+    seqs: Vec<u32>,
 }
 
 /// A push's message: what clients receive as a packet of op `operation`.
@@ -238,7 +239,8 @@ impl Pusher {
     /// Pushes to users: the message is numbered and kept in each user's
     /// inbox first (a store that cannot take it fails the push, so nothing
     /// unnumbered is ever delivered), then goes to every key of every user
-    /// with that user's sequence number: one `PushMsg` per user and cloud node.
+    /// with that user's sequence number: one `PushMsg` per cloud node, however
+    /// many users.
     /// Once stored, the push is answered as done even if no cloud node took
     /// it (`failed` says which did not): devices get it when they resume,
     /// and a backend that retried would only store it twice.
@@ -257,16 +259,16 @@ impl Pusher {
                     .await?,
             )
             .collect();
-        let mut batches: HashMap<(String, i64), Batch> = HashMap::new();
+        let mut batches: HashMap<String, Batch> = HashMap::new();
         for route in self.store.keys_of_mids(&mids).await? {
-            let batch = batches.entry((route.server, route.mid)).or_default();
-            batch.seq = seqs.get(&route.mid).copied().unwrap_or(0);
+            let batch = batches.entry(route.server).or_default();
+            // The header's seq is 32 bits; a user's numbering wraps there.
+            batch
+                .seqs
+                .push(seqs.get(&route.mid).copied().unwrap_or(0) as u32);
             batch.keys.push(route.key);
         }
-        let batches = batches
-            .into_iter()
-            .map(|((server, _), batch)| (server, batch))
-            .collect();
+        let batches = batches.into_iter().collect();
         self.metrics.stored(seqs.len());
         let mut delivered = self.push_batches(batches, &message).await;
         delivered.stored = Some(seqs.len());
@@ -297,14 +299,12 @@ impl Pusher {
         let mut results = self
             .clouds
             .fan_out(targets, |mut client, batch: Batch| {
-                let mut proto = message.proto();
-                // The header's seq is 32 bits; a user's numbering wraps there.
-                proto.seq = batch.seq as u32 as i32;
                 let request = PushMsgReq {
                     keys: batch.keys,
                     // Targeted pushes reach the connection whatever it watches.
                     proto_op: 0,
-                    proto: Some(proto),
+                    proto: Some(message.proto()),
+                    seqs: batch.seqs,
                 };
                 async move { client.push_msg(request).await.map(drop) }
             })

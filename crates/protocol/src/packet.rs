@@ -144,6 +144,13 @@ impl EncodedPacket {
     pub fn seq(&self) -> u32 {
         u32::from_be_bytes([self.0[12], self.0[13], self.0[14], self.0[15]])
     }
+
+    /// The same packet with another seq (a copy: the original stays shared).
+    pub fn with_seq(&self, seq: u32) -> EncodedPacket {
+        let mut bytes = bytes::BytesMut::from(&self.0[..]);
+        bytes[12..16].copy_from_slice(&seq.to_be_bytes());
+        EncodedPacket(bytes.freeze())
+    }
 }
 
 /// The fixed header, as read from the wire.

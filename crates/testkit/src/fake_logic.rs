@@ -299,6 +299,7 @@ impl CloudNode {
             .clone()
             .push_msg(PushMsgReq {
                 keys: keys.iter().map(|key| key.to_string()).collect(),
+                seqs: Vec::new(),
                 proto_op: 0,
                 proto: Some(proto(op, body)),
             })

@@ -323,7 +323,7 @@ async fn push_user(conn: &Harness, key: &str, seq: u32) {
     );
     conn.ctx
         .buckets
-        .push_keys([Key::from(key)], &push, None)
+        .push_keys([(Key::from(key), push)], None)
         .await
         .expect("buckets");
 }

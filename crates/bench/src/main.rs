@@ -62,8 +62,16 @@ enum Mode {
         requests: u64,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Users pushed to (mids 0..N), round robin.
         #[arg(long, default_value_t = 1000)]
         mids: u64,
+        /// Users named in each request.
+        #[arg(long, default_value_t = 1)]
+        per_request: u64,
+        /// Connect one WebSocket client per mid here first; pushes then reach
+        /// online users, and the report counts what they received.
+        #[arg(long)]
+        online: Option<String>,
     },
     /// Run the raw WebSocket writer (the reference) until killed.
     Raw {
@@ -124,9 +132,21 @@ async fn main() -> anyhow::Result<()> {
             requests,
             concurrency,
             mids,
-        } => serde_json::to_string(
-            &push::run(&api, &cli.api_key, requests, concurrency, mids).await?,
-        )?,
+            per_request,
+            online,
+        } => {
+            let plan = push::Plan {
+                api,
+                api_key: cli.api_key.clone(),
+                requests,
+                concurrency,
+                mids,
+                per_request,
+                online,
+                token: Arc::new(move |i: usize| token(&secret, i as i64, "")),
+            };
+            serde_json::to_string(&push::run(plan).await?)?
+        }
         Mode::Raw { ws, http } => {
             let ws = tokio::net::TcpListener::bind(&ws).await?;
             let http = tokio::net::TcpListener::bind(&http).await?;

@@ -79,10 +79,24 @@ async fn fanout_push_and_conns_against_imcloud() {
     );
     assert_eq!(report.target, "imcloud-http");
 
-    let report = push::run(&imcloud.api_url, "", 200, 8, 10)
-        .await
-        .expect("push");
+    let report = push::run(push::Plan {
+        api: imcloud.api_url.clone(),
+        api_key: String::new(),
+        requests: 200,
+        concurrency: 8,
+        mids: 10,
+        per_request: 5,
+        online: Some(imcloud.ws_url.clone()),
+        token: Arc::new(|i| token(DEVELOPMENT_SECRET, i as i64, "")),
+    })
+    .await
+    .expect("push");
     assert_eq!((report.ok, report.failed), (200, 0), "{report:?}");
+    assert_eq!(
+        (report.stored, report.delivered, report.messages),
+        (1000, 1000, 1000),
+        "every message numbered and written to its online user: {report:?}"
+    );
 
     let (report, open) = conns::run(&imcloud.ws_url, 30, 8, Some(std::process::id()), |i| {
         token(DEVELOPMENT_SECRET, i as i64, "")

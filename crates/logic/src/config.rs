@@ -170,6 +170,7 @@ pub struct LogicConfig {
     /// no CORS headers, browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
     /// Messages kept per user for devices that were away (the newest).
+    /// Zero: no inbox; pushes by mid are neither numbered nor kept (goim).
     pub inbox_max: usize,
     /// How long a user's inbox, and its sequence numbering, lives after the
     /// last message; then numbering starts again at 1.
@@ -258,9 +259,6 @@ impl LogicConfig {
             if value.is_zero() {
                 return invalid(field, "must be longer than zero");
             }
-        }
-        if self.inbox_max == 0 {
-            return invalid("inbox_max", "must be at least 1");
         }
         if self.max_push_targets == 0 || self.max_push_body == 0 {
             return invalid("max_push_targets/max_push_body", "must be at least 1");

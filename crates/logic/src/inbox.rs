@@ -302,3 +302,35 @@ impl InboxStore for MemoryInbox {
         Ok(())
     }
 }
+
+/// No inbox (`inbox_max = 0`): pushes by mid are neither numbered nor kept,
+/// as in goim; resumes find nothing and acks have nothing to cover.
+#[derive(Debug)]
+pub struct NoInbox;
+
+#[async_trait]
+impl InboxStore for NoInbox {
+    async fn store(&self, mids: &[i64], _op: i32, _body: &Bytes) -> Result<Vec<u64>, StoreError> {
+        Ok(vec![0; mids.len()])
+    }
+
+    async fn since(&self, _mid: i64, _since: u64) -> Result<Since, StoreError> {
+        Ok(Since::default())
+    }
+
+    async fn ack(&self, _mid: i64, ack: u64) -> Result<Acked, StoreError> {
+        Ok(if ack == 0 {
+            Acked::Recorded
+        } else {
+            Acked::AboveLatest { last: 0 }
+        })
+    }
+
+    async fn claim_unacked(&self, _: usize, _: Duration) -> Result<Vec<Unacked>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn settle(&self, _: &Unacked, _: Option<Duration>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

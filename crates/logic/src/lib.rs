@@ -28,7 +28,7 @@ pub use config::{
     DEVELOPMENT_SECRET, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind, TokenWebhookConfig,
     VerifierKind,
 };
-pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, Since, Unacked};
+pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, NoInbox, Since, Unacked};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use node::{Listeners, Logic, LogicError, run};

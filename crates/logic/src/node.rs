@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::grpc::LogicService;
 use crate::http::Api;
-use crate::inbox::{InboxLimits, InboxStore, MemoryInbox};
+use crate::inbox::{InboxLimits, InboxStore, MemoryInbox, NoInbox};
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
@@ -107,7 +107,7 @@ impl Logic {
                 .is_some()
                 .then_some(config.ack_timeout),
         };
-        let (store, inbox): (Arc<dyn SessionStore>, Arc<dyn InboxStore>) =
+        let (store, mut inbox): (Arc<dyn SessionStore>, Arc<dyn InboxStore>) =
             match config.session_store {
                 SessionStoreKind::Memory => (
                     Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl)),
@@ -127,6 +127,9 @@ impl Logic {
                     (redis.clone(), redis)
                 }
             };
+        if config.inbox_max == 0 {
+            inbox = Arc::new(NoInbox);
+        }
         Logic::start_with(listeners, config, store, inbox, discovery, shutdown)
     }
 
@@ -184,7 +187,12 @@ impl Logic {
                 .clone()
                 .map(|url| webhook::Webhook::new(url, config.call_timeout)),
             heartbeat: config.heartbeat,
-            resume_wait: config.resume_wait,
+            // Nothing to resume without an inbox: no hold.
+            resume_wait: if config.inbox_max == 0 {
+                Duration::ZERO
+            } else {
+                config.resume_wait
+            },
             stop: stop.clone(),
         };
         let http = Api {

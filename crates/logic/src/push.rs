@@ -269,9 +269,11 @@ impl Pusher {
             batch.keys.push(route.key);
         }
         let batches = batches.into_iter().collect();
-        self.metrics.stored(seqs.len());
+        // Zero: not numbered (no inbox, `inbox_max = 0`).
+        let stored = seqs.values().filter(|seq| **seq > 0).count();
+        self.metrics.stored(stored);
         let mut delivered = self.push_batches(batches, &message).await;
-        delivered.stored = Some(seqs.len());
+        delivered.stored = Some(stored);
         self.metrics.pushed("mids", delivered.keys.unwrap_or(0));
         Ok(delivered)
     }

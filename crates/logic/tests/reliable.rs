@@ -414,3 +414,15 @@ async fn a_failing_offline_webhook_is_retried_with_backoff_and_the_inbox_keeps_t
         "nothing lost from the inbox"
     );
 }
+
+#[tokio::test]
+async fn with_inbox_max_zero_pushes_by_mid_are_neither_numbered_nor_kept() {
+    let cluster = cluster(1, |config| config.inbox_max = 0).await;
+    let mut phone = cluster.ws(0, token(41, None, "", &[])).await;
+    let data = push(&cluster, 0, 41, "ephemeral").await;
+    assert_eq!((&data["stored"], &data["keys"]), (&json!(0), &json!(1)));
+    let got = phone.recv_push().await.expect("push");
+    assert_eq!((got.seq, body_text(&got)), (0, "ephemeral".to_owned()));
+    phone.resume(0).await.expect("resume");
+    assert_eq!(replay(&mut phone).await, (vec![], json!({"last": 0})));
+}

@@ -426,3 +426,29 @@ async fn with_inbox_max_zero_pushes_by_mid_are_neither_numbered_nor_kept() {
     phone.resume(0).await.expect("resume");
     assert_eq!(replay(&mut phone).await, (vec![], json!({"last": 0})));
 }
+
+#[tokio::test]
+async fn malformed_resumes_and_acks_close_with_a_protocol_error_over_real_sockets() {
+    let cluster = cluster(1, |_| {}).await;
+    for body in [r#"{"since":-1}"#, r#"{"since":"ten"}"#, "10"] {
+        let mut tab = cluster.ws(0, token(51, None, "", &[])).await;
+        tab.send(Packet::new(Op::RESUME, 0, body))
+            .await
+            .expect("send");
+        let close = tab.closed().await.expect("op 6");
+        assert_eq!(
+            close.code,
+            imcloud_protocol::CloseReason::ProtocolError.code()
+        );
+        assert!(close.reason.contains("since"), "{body}: {}", close.reason);
+    }
+    // Before auth, over TCP: the first packet must be auth.
+    let mut raw = Client::connect_tcp(cluster.clouds[0].tcp)
+        .await
+        .expect("tcp");
+    raw.send(Packet::new(Op::ACK, 0, r#"{"ack":1}"#))
+        .await
+        .expect("send");
+    let close = raw.closed().await.expect("op 6");
+    assert!(close.reason.contains("must be auth"), "{}", close.reason);
+}

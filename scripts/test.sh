@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine: installs what the tests talk to when it is
-# missing (redis-server for the Redis store, node and Debian's chromium for
-# the JavaScript SDK and the demo page, playwright-core to drive chromium),
+# missing (redis-server for the Redis store, nats-server for JetStream
+# ingest, node and Debian's chromium for the JavaScript SDK and the demo
+# page, playwright-core to drive chromium),
 # then runs the whole workspace's tests. This is the README's test command,
 # and what `.ci/run` calls.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)

@@ -95,6 +95,42 @@ impl Default for TokenWebhookConfig {
     }
 }
 
+/// `[logic.ingest]`: push commands consumed from NATS JetStream.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// The NATS server (`nats://host:4222`); empty: no ingest.
+    pub nats_url: String,
+    /// The stream holding the commands (created when missing).
+    pub stream: String,
+    /// The subject commands are published on.
+    pub subject: String,
+    /// The durable pull consumer all logic nodes share.
+    pub consumer: String,
+    /// Where commands that cannot be delivered go, with the reason.
+    pub dead_letter_subject: String,
+    /// Attempts before a command is dead-lettered.
+    pub max_deliver: i64,
+    /// Delay before a command that failed for a reason that may pass
+    /// (no cloud node reachable, the store down) is tried again.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            nats_url: String::new(),
+            stream: "IMCLOUD_PUSH".to_owned(),
+            subject: "imcloud.push".to_owned(),
+            consumer: "imcloud-logic".to_owned(),
+            dead_letter_subject: "imcloud.push.dead".to_owned(),
+            max_deliver: 5,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Where sessions live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -189,6 +225,8 @@ pub struct LogicConfig {
     /// nodes learn it from Connect; zero: no hold.
     #[serde(with = "humantime_serde")]
     pub resume_wait: Duration,
+    /// Push commands from NATS JetStream (off unless `nats_url` is set).
+    pub ingest: IngestConfig,
     /// Cloud nodes, for static discovery.
     pub cloud_nodes: Vec<ServiceNode>,
 }
@@ -218,6 +256,7 @@ impl Default for LogicConfig {
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             offline_webhook: None,
             resume_wait: DEFAULT_RESUME_WAIT,
+            ingest: IngestConfig::default(),
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
                 grpc: "127.0.0.1:3109".to_owned(),

@@ -9,6 +9,7 @@ pub mod config;
 mod grpc;
 mod http;
 mod inbox;
+mod ingest;
 mod memory;
 mod metrics;
 mod node;
@@ -25,8 +26,8 @@ mod verifier;
 mod webhook;
 
 pub use config::{
-    DEVELOPMENT_SECRET, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind, TokenWebhookConfig,
-    VerifierKind,
+    DEVELOPMENT_SECRET, IngestConfig, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind,
+    TokenWebhookConfig, VerifierKind,
 };
 pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, NoInbox, Since, Unacked};
 pub use memory::MemoryStore;

@@ -28,7 +28,7 @@ use crate::router::Clouds;
 use crate::session::{SessionStore, StoreError};
 use crate::timed_store::TimedStore;
 use crate::verifier::{InsecureJson, Jwt, TokenVerifier, Webhook};
-use crate::{grpc, http, webhook};
+use crate::{grpc, http, ingest, webhook};
 
 /// The sockets a logic node serves, bound by the caller.
 #[derive(Debug)]
@@ -196,7 +196,7 @@ impl Logic {
             stop: stop.clone(),
         };
         let http = Api {
-            pusher,
+            pusher: pusher.clone(),
             store,
             inbox: inbox.clone(),
             advisor,
@@ -216,6 +216,13 @@ impl Logic {
                 lease: config.call_timeout * 4,
             };
             tokio::spawn(worker.run(stop.clone()));
+        }
+        if !config.ingest.nats_url.is_empty() {
+            tokio::spawn(ingest::consume(
+                config.ingest.clone(),
+                pusher.clone(),
+                stop.clone(),
+            ));
         }
         let task = tokio::spawn(serve(listeners, grpc, http, key, config.cors_origins));
         Ok(Logic {

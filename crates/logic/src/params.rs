@@ -120,7 +120,7 @@ pub(crate) struct PushRequest {
 
 impl PushRequest {
     /// The push of route `kind` (keys, mids, room, all) from `params`.
-    fn parse(kind: &str, params: &Params, msg: Bytes) -> Result<PushRequest, ApiError> {
+    pub(crate) fn parse(kind: &str, params: &Params, msg: Bytes) -> Result<PushRequest, ApiError> {
         let message = Message::new(params.number("operation")?, msg)?;
         let target = match kind {
             "keys" => Target::Keys(params.list("keys")),

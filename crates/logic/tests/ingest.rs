@@ -1,0 +1,111 @@
+//! Push commands from a real nats-server with JetStream, consumed by real
+//! logic nodes and delivered to real WebSocket clients.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use imcloud_testkit::cluster::{Cluster, cluster, token};
+use imcloud_testkit::{NatsServer, eventually};
+
+async fn ingesting(nats: &NatsServer) -> Cluster {
+    let url = nats.url.clone();
+    cluster(1, move |config| {
+        config.ingest.nats_url = url.clone();
+        config.ingest.retry_delay = Duration::from_millis(100);
+    })
+    .await
+}
+
+/// A JetStream context on `nats`, once the logic node has made its stream.
+async fn publisher(nats: &NatsServer) -> (async_nats::Client, jetstream::Context) {
+    let client = async_nats::connect(&nats.url).await.expect("nats");
+    let js = jetstream::new(client.clone());
+    eventually("the logic node's stream", async || {
+        js.get_stream("IMCLOUD_PUSH").await.is_ok()
+    })
+    .await;
+    (client, js)
+}
+
+async fn publish(js: &jetstream::Context, command: &str) {
+    js.publish("imcloud.push", command.to_owned().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored by the stream");
+}
+
+#[tokio::test]
+async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
+    let nats = NatsServer::start();
+    let cluster = ingesting(&nats).await;
+    let (client, js) = publisher(&nats).await;
+    let mut dead = client
+        .subscribe("imcloud.push.dead")
+        .await
+        .expect("subscribe");
+    let mut phone = cluster.ws(0, token(61, None, "live://ingest", &[])).await;
+
+    publish(
+        &js,
+        r#"{"type":"mids","mids":[61],"msg":"by mid","id":"c1"}"#,
+    )
+    .await;
+    let got = phone.recv_push().await.expect("push");
+    assert_eq!((got.seq, &got.body[..]), (1, &b"by mid"[..]));
+
+    for (bad, says) in [
+        ("not json", "not JSON"),
+        (
+            r#"{"type":"mids","mids":[61],"msg":"m","operation":7}"#,
+            "reserved",
+        ),
+        (r#"{"mids":[61],"msg":"m"}"#, "type is required"),
+    ] {
+        publish(&js, bad).await;
+        let letter = dead.next().await.expect("dead letter");
+        assert_eq!(&letter.payload[..], bad.as_bytes());
+        let reason = letter
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("imcloud-reason"))
+            .map(|value| value.as_str().to_owned())
+            .expect("a reason");
+        assert!(reason.contains(says), "{bad}: {reason}");
+    }
+    // The stream keeps flowing.
+    publish(
+        &js,
+        r#"{"type":"room","room":"live://ingest","msg":"to the room"}"#,
+    )
+    .await;
+    let got = phone.recv_push().await.expect("push");
+    assert_eq!(&got.body[..], b"to the room");
+}
+
+#[tokio::test]
+async fn nats_killed_and_restarted_the_node_consumes_again_and_http_keeps_working() {
+    let mut nats = NatsServer::start();
+    let cluster = ingesting(&nats).await;
+    drop(publisher(&nats).await);
+    let mut phone = cluster.ws(0, token(62, None, "", &[])).await;
+    nats.kill();
+    let (status, body) = cluster.post_form("/im/push/mids", "mids=62&msg=sync").await;
+    assert_eq!(
+        status, 200,
+        "the synchronous API does not need NATS: {body}"
+    );
+    assert_eq!(&phone.recv_push().await.expect("push").body[..], b"sync");
+
+    nats.restart();
+    let (_, js) = publisher(&nats).await;
+    publish(
+        &js,
+        r#"{"type":"mids","mids":[62],"msg":"after the restart"}"#,
+    )
+    .await;
+    let got = phone.recv_push().await.expect("push");
+    assert_eq!(&got.body[..], b"after the restart");
+    assert_eq!(got.seq, 2, "numbered after the synchronous push");
+}

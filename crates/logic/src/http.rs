@@ -47,6 +47,8 @@ pub(crate) struct Api {
     /// secret, which only ever listens on loopback.
     pub(crate) dev_tokens: bool,
     pub(crate) max_push_body: usize,
+    /// Whether an ingest is configured (health then says if it consumes).
+    pub(crate) ingest: bool,
     /// Cancelled when the node stops: health turns 503.
     pub(crate) stop: CancellationToken,
 }
@@ -345,6 +347,9 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 async fn health(State(api): State<Arc<Api>>) -> impl IntoResponse {
     if api.stop.is_cancelled() {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response()
+    } else if api.ingest && !api.metrics.ingest_consuming() {
+        // The APIs serve; only the ingest waits for NATS.
+        ok("serving; ingest not consuming").into_response()
     } else {
         ok("serving").into_response()
     }

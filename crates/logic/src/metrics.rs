@@ -4,6 +4,7 @@ use imcloud_telemetry::{GrpcMetrics, latency_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -30,6 +31,14 @@ pub struct Metrics {
     acks: Counter,
     /// Offline webhook calls, by result.
     offline: Family<ResultLabel, Counter>,
+    /// Ingest commands handled, by result.
+    ingest: Family<ResultLabel, Counter>,
+    /// Commands waiting in the ingest consumer (its lag).
+    ingest_pending: Gauge,
+    /// 1 while the ingest consumes, 0 while it cannot.
+    ingest_consuming: Gauge,
+    /// Publish to hand-off, per ingest command.
+    ingest_latency: Histogram,
     limits: Family<KindLabel, Counter>,
     store_seconds: StoreHistograms,
     store_errors: Family<OpLabel, Counter>,
@@ -66,6 +75,10 @@ impl Default for Metrics {
         let stored = Counter::default();
         let acks = Counter::default();
         let offline = Family::<ResultLabel, Counter>::default();
+        let ingest = Family::<ResultLabel, Counter>::default();
+        let ingest_pending = Gauge::default();
+        let ingest_consuming = Gauge::default();
+        let ingest_latency = latency_histogram();
         let limits = Family::<KindLabel, Counter>::default();
         let store_seconds: StoreHistograms = Family::new_with_constructor(latency_histogram);
         let store_errors = Family::<OpLabel, Counter>::default();
@@ -118,6 +131,29 @@ impl Default for Metrics {
         for result in ["ok", "failed"] {
             let _ = offline.get_or_create(&ResultLabel { result });
         }
+        registry.register(
+            "ingest_commands",
+            "Ingest commands handled, by result (delivered, retried, dead_lettered)",
+            ingest.clone(),
+        );
+        registry.register(
+            "ingest_pending",
+            "Commands waiting in the ingest consumer (lag)",
+            ingest_pending.clone(),
+        );
+        registry.register(
+            "ingest_consuming",
+            "1 while the ingest consumes commands, 0 while it cannot (when configured)",
+            ingest_consuming.clone(),
+        );
+        registry.register(
+            "ingest_latency_seconds",
+            "Ingest command published -> handed to the cloud nodes",
+            ingest_latency.clone(),
+        );
+        for result in ["delivered", "retried", "dead_lettered"] {
+            let _ = ingest.get_or_create(&ResultLabel { result });
+        }
         // Known label sets start at zero (see the cloud node's metrics).
         for kind in ["keys", "mids", "room", "all"] {
             let _ = pushed.get_or_create(&KindLabel { kind });
@@ -139,6 +175,10 @@ impl Default for Metrics {
             stored,
             acks,
             offline,
+            ingest,
+            ingest_pending,
+            ingest_consuming,
+            ingest_latency,
             limits,
             store_seconds,
             store_errors,
@@ -188,6 +228,29 @@ impl Metrics {
     /// Offline webhook calls that ended with `result` (`ok`, `failed`).
     pub fn offline_webhook(&self, result: &'static str) -> u64 {
         self.offline.get_or_create(&ResultLabel { result }).get()
+    }
+
+    /// Ingest commands that ended as `result` (delivered, retried, dead_lettered).
+    pub fn ingest_commands(&self, result: &'static str) -> u64 {
+        self.ingest.get_or_create(&ResultLabel { result }).get()
+    }
+
+    pub(crate) fn ingested(&self, result: &'static str, pending: u64, latency: Option<f64>) {
+        self.ingest.get_or_create(&ResultLabel { result }).inc();
+        self.ingest_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        if let Some(seconds) = latency {
+            self.ingest_latency.observe(seconds);
+        }
+    }
+
+    /// Whether the ingest is consuming (false also when not configured).
+    pub fn ingest_consuming(&self) -> bool {
+        self.ingest_consuming.get() == 1
+    }
+
+    pub(crate) fn set_ingest_consuming(&self, consuming: bool) {
+        self.ingest_consuming.set(i64::from(consuming));
     }
 
     pub(crate) fn offline_posted(&self, ok: bool) {

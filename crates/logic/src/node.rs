@@ -204,6 +204,7 @@ impl Logic {
             api_key: key.clone(),
             dev_tokens,
             max_push_body: config.max_push_body,
+            ingest: !config.ingest.nats_url.is_empty(),
             stop: stop.clone(),
         };
         if let Some(url) = config.offline_webhook.clone() {
@@ -221,6 +222,7 @@ impl Logic {
             tokio::spawn(ingest::consume(
                 config.ingest.clone(),
                 pusher.clone(),
+                metrics.clone(),
                 stop.clone(),
             ));
         }

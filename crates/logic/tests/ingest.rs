@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures_util::StreamExt;
 use imcloud_testkit::cluster::{Cluster, cluster, token};
+use imcloud_testkit::standalone::{sample, scrape};
 use imcloud_testkit::{NatsServer, eventually};
 
 async fn ingesting(nats: &NatsServer) -> Cluster {
@@ -82,6 +83,59 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
     .await;
     let got = phone.recv_push().await.expect("push");
     assert_eq!(&got.body[..], b"to the room");
+
+    let samples = scrape(&cluster.http).await;
+    let count = |result: &str| {
+        sample(
+            &samples,
+            &format!("imcloud_logic_ingest_commands_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!((count("delivered"), count("dead_lettered")), (2.0, 3.0));
+    assert_eq!(sample(&samples, "imcloud_logic_ingest_pending"), 0.0);
+    assert_eq!(
+        sample(&samples, "imcloud_logic_ingest_latency_seconds_count"),
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn a_command_whose_cloud_node_is_down_is_retried_then_dead_lettered() {
+    let nats = NatsServer::start();
+    let url = nats.url.clone();
+    let mut cluster = cluster(1, move |config| {
+        config.ingest.nats_url = url.clone();
+        config.ingest.retry_delay = Duration::from_millis(50);
+        config.ingest.max_deliver = 3;
+    })
+    .await;
+    let (client, js) = publisher(&nats).await;
+    let mut dead = client
+        .subscribe("imcloud.push.dead")
+        .await
+        .expect("subscribe");
+    cluster.stop_cloud(0).await;
+    publish(
+        &js,
+        r#"{"type":"room","room":"live://gone","msg":"nobody home"}"#,
+    )
+    .await;
+    let letter = dead.next().await.expect("dead letter");
+    let reason = letter
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("imcloud-reason"))
+        .map(|value| value.as_str().to_owned())
+        .expect("a reason");
+    assert!(reason.contains("failed 3 times"), "{reason}");
+    let samples = scrape(&cluster.http).await;
+    assert_eq!(
+        sample(
+            &samples,
+            "imcloud_logic_ingest_commands_total{result=\"retried\"}"
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -91,6 +145,10 @@ async fn nats_killed_and_restarted_the_node_consumes_again_and_http_keeps_workin
     drop(publisher(&nats).await);
     let mut phone = cluster.ws(0, token(62, None, "", &[])).await;
     nats.kill();
+    eventually("health saying the ingest is not consuming", async || {
+        cluster.get("/health").await.1["data"] == "serving; ingest not consuming"
+    })
+    .await;
     let (status, body) = cluster.post_form("/im/push/mids", "mids=62&msg=sync").await;
     assert_eq!(
         status, 200,

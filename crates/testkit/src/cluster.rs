@@ -189,6 +189,16 @@ impl Cluster {
         );
     }
 
+    /// Stops cloud node `i` (it drains and exits); logic still knows it, so
+    /// pushes for it fail as they would with the node down.
+    pub async fn stop_cloud(&mut self, i: usize) {
+        let node = &mut self.clouds[i];
+        node.shutdown.cancel();
+        if let Some(cloud) = node.cloud.take() {
+            cloud.wait().await.expect("stopped");
+        }
+    }
+
     /// Pushes `msg` to `mid` until a push finds the user's session, as it
     /// must once the cloud nodes have registered their sessions again.
     pub async fn push_until_routed(&self, logic: usize, mid: i64, msg: &str) {

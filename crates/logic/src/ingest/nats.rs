@@ -4,6 +4,7 @@
 //! the outage is logged once when it starts and once when it ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
@@ -14,19 +15,26 @@ use tracing::{info, warn};
 
 use super::{Outcome, handle};
 use crate::config::IngestConfig;
+use crate::metrics::Metrics;
 use crate::push::Pusher;
 
 /// The header a dead-lettered command carries its reason in.
 const REASON_HEADER: &str = "imcloud-reason";
 
 /// Consumes commands until `stop`, reconnecting after any failure.
-pub(crate) async fn consume(config: IngestConfig, pusher: Arc<Pusher>, stop: CancellationToken) {
+pub(crate) async fn consume(
+    config: IngestConfig,
+    pusher: Arc<Pusher>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let mut down = false;
     loop {
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = consume_once(&config, &pusher, &mut down) => result,
+            result = consume_once(&config, &pusher, metrics.clone(), &mut down) => result,
         };
+        metrics.set_ingest_consuming(false);
         if let Err(err) = result
             && !std::mem::replace(&mut down, true)
         {
@@ -44,9 +52,13 @@ pub(crate) async fn consume(config: IngestConfig, pusher: Arc<Pusher>, stop: Can
 async fn consume_once(
     config: &IngestConfig,
     pusher: &Pusher,
+    metrics: Arc<Metrics>,
     down: &mut bool,
 ) -> Result<(), IngestError> {
-    let client = async_nats::connect(&config.nats_url).await?;
+    let client = async_nats::ConnectOptions::new()
+        .event_callback(connection_events(metrics.clone()))
+        .connect(&config.nats_url)
+        .await?;
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -72,6 +84,7 @@ async fn consume_once(
         .messages()
         .await
         .map_err(|err| IngestError::Setup(err.to_string()))?;
+    metrics.set_ingest_consuming(true);
     if std::mem::replace(down, false) {
         info!("ingest consuming again");
     } else {
@@ -79,13 +92,27 @@ async fn consume_once(
     }
     while let Some(message) = messages.next().await {
         let message = message.map_err(|err| IngestError::Consume(err.to_string()))?;
-        let attempt = message.info().map_or(1, |info| info.delivered);
+        let (attempt, pending, published) = message.info().map_or((1, 0, None), |info| {
+            (info.delivered, info.pending, Some(info.published))
+        });
         let outcome = match handle(pusher, &message.payload).await {
             Outcome::Retry(reason) if attempt >= config.max_deliver => {
                 Outcome::Reject(format!("failed {attempt} times, the last: {reason}"))
             }
             outcome => outcome,
         };
+        let latency = published.map(|at| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as i128);
+            (now - at.unix_timestamp_nanos()).max(0) as f64 / 1e9
+        });
+        let result = match outcome {
+            Outcome::Done => "delivered",
+            Outcome::Retry(_) => "retried",
+            Outcome::Reject(_) => "dead_lettered",
+        };
+        metrics.ingested(result, pending, latency);
         let acked = match outcome {
             Outcome::Done => message.ack().await,
             Outcome::Retry(reason) => {
@@ -114,6 +141,36 @@ async fn consume_once(
     Err(IngestError::Consume(
         "the consumer's stream ended".to_owned(),
     ))
+}
+
+/// Follows the connection: the client reconnects by itself and the consumer
+/// goes on, so a lost connection is not an error of the loop; it is logged
+/// once when lost and once when back, and `ingest_consuming` follows it.
+fn connection_events(
+    metrics: Arc<Metrics>,
+) -> impl Fn(async_nats::Event) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> + Send + Sync
+{
+    let lost = Arc::new(AtomicBool::new(false));
+    move |event| {
+        let (metrics, lost) = (metrics.clone(), lost.clone());
+        Box::pin(async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    metrics.set_ingest_consuming(false);
+                    if !lost.swap(true, Ordering::Relaxed) {
+                        warn!("ingest lost its NATS connection; reconnecting");
+                    }
+                }
+                async_nats::Event::Connected => {
+                    metrics.set_ingest_consuming(true);
+                    if lost.swap(false, Ordering::Relaxed) {
+                        info!("ingest reconnected to NATS");
+                    }
+                }
+                _ => {}
+            }
+        })
+    }
 }
 
 /// Why the ingest stopped consuming (it starts again by itself).

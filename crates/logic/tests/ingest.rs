@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use imcloud_testkit::cluster::{Cluster, cluster, token};
+use imcloud_logic::SessionStoreKind;
+use imcloud_testkit::cluster::{Cluster, cluster, cluster_of, token};
 use imcloud_testkit::standalone::{sample, scrape};
 use imcloud_testkit::{NatsServer, eventually};
 
@@ -166,4 +167,63 @@ async fn nats_killed_and_restarted_the_node_consumes_again_and_http_keeps_workin
     let got = phone.recv_push().await.expect("push");
     assert_eq!(&got.body[..], b"after the restart");
     assert_eq!(got.seq, 2, "numbered after the synchronous push");
+}
+
+/// Two logic nodes sharing Redis pull from the one consumer: each command is
+/// delivered once; with one stopped, the other drains the rest.
+#[tokio::test]
+async fn two_logic_nodes_share_the_commands_and_one_drains_alone() {
+    let (nats, redis) = (NatsServer::start(), imcloud_testkit::RedisServer::start());
+    let (nats_url, redis_url) = (nats.url.clone(), redis.url.clone());
+    let mut cluster = cluster_of(2, 1, move |_, config| {
+        config.ingest.nats_url = nats_url.clone();
+        config.session_store = SessionStoreKind::Redis;
+        config.redis_url = redis_url.clone();
+    })
+    .await;
+    let (_, js) = publisher(&nats).await;
+    let mut phone = cluster.ws(0, token(63, None, "live://shared", &[])).await;
+    let expect = |got: &mut Vec<String>, from: usize, to: usize| {
+        got.sort();
+        let mut want: Vec<String> = (from..to).map(|n| format!("c{n}")).collect();
+        want.sort();
+        assert_eq!(*got, want, "each command once");
+    };
+    for n in 0..200 {
+        let command = format!(r#"{{"type":"room","room":"live://shared","msg":"c{n}"}}"#);
+        publish(&js, &command).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        let push = phone.recv_push().await.expect("push");
+        got.push(String::from_utf8_lossy(&push.body).into_owned());
+    }
+    expect(&mut got, 0, 200);
+    let https = cluster.https.clone();
+    let delivered = async |logic: usize| {
+        let samples = scrape(&https[logic]).await;
+        sample(
+            &samples,
+            "imcloud_logic_ingest_commands_total{result=\"delivered\"}",
+        )
+    };
+    let (first, second) = (delivered(0).await, delivered(1).await);
+    assert_eq!(first + second, 200.0, "each command handled by one node");
+
+    cluster.stop_logic(0).await;
+    for n in 200..300 {
+        let command = format!(r#"{{"type":"room","room":"live://shared","msg":"c{n}"}}"#);
+        publish(&js, &command).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let push = phone.recv_push().await.expect("push");
+        got.push(String::from_utf8_lossy(&push.body).into_owned());
+    }
+    expect(&mut got, 200, 300);
+    assert_eq!(
+        delivered(1).await,
+        second + 100.0,
+        "the other node drained the rest"
+    );
 }

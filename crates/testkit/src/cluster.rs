@@ -189,6 +189,15 @@ impl Cluster {
         );
     }
 
+    /// Stops logic node `i` for good.
+    pub async fn stop_logic(&mut self, i: usize) {
+        let node = &mut self.logics[i];
+        node.shutdown.cancel();
+        if let Some(logic) = node.logic.take() {
+            logic.wait().await.expect("stopped");
+        }
+    }
+
     /// Stops cloud node `i` (it drains and exits); logic still knows it, so
     /// pushes for it fail as they would with the node down.
     pub async fn stop_cloud(&mut self, i: usize) {

@@ -115,6 +115,10 @@ pub struct IngestConfig {
     /// (no cloud node reachable, the store down) is tried again.
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
+    /// A command's `id` is delivered at most once within this window
+    /// (across logic nodes with the Redis store).
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
 }
 
 impl Default for IngestConfig {
@@ -127,6 +131,7 @@ impl Default for IngestConfig {
             dead_letter_subject: "imcloud.push.dead".to_owned(),
             max_deliver: 5,
             retry_delay: Duration::from_secs(1),
+            dedupe_window: Duration::from_secs(120),
         }
     }
 }

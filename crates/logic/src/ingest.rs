@@ -7,7 +7,7 @@
 //! the reason, and is acknowledged so the stream keeps flowing.
 //!
 //! Each engine is a module of its own (`ingest/nats.rs`) that only moves
-//! bytes and acks; parsing and delivery are [`handle`], so another engine
+//! bytes and acks; parsing and delivery are [`Handler`], so another engine
 //! (Kafka) is one more module and nothing else changes.
 
 mod command;
@@ -16,6 +16,10 @@ mod nats;
 pub(crate) use command::Command;
 pub(crate) use nats::consume;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dedupe::Dedupe;
 use crate::push::{PushError, Pusher};
 
 /// What to do with a command once handled.
@@ -23,25 +27,53 @@ use crate::push::{PushError, Pusher};
 pub(crate) enum Outcome {
     /// Delivered: acknowledge.
     Done,
+    /// Its id was delivered already within the window: acknowledge.
+    Duplicate,
     /// Failed for a reason that may pass: try again later.
     Retry(String),
     /// Can never succeed: dead-letter it with the reason.
     Reject(String),
 }
 
-/// Parses and delivers one command.
-pub(crate) async fn handle(pusher: &Pusher, payload: &[u8]) -> Outcome {
-    let command = match Command::parse(payload) {
-        Ok(command) => command,
-        Err(reason) => return Outcome::Reject(reason),
-    };
-    let numbered = command.numbered();
-    match pusher.push(command.target, command.message).await {
-        // A push by mid is stored once numbered: a device that did not
-        // get it resumes. Delivering again would number it again.
-        Ok(delivered) if delivered.failed.is_empty() || numbered => Outcome::Done,
-        Ok(delivered) => Outcome::Retry(delivered.failed.join("; ")),
-        Err(PushError::BadRequest(reason)) => Outcome::Reject(reason),
-        Err(err) => Outcome::Retry(err.to_string()),
+/// What handling a command uses.
+pub(crate) struct Handler {
+    pub(crate) pusher: Arc<Pusher>,
+    pub(crate) dedupe: Arc<dyn Dedupe>,
+    pub(crate) dedupe_window: Duration,
+}
+
+impl Handler {
+    /// Parses and delivers one command, once per id within the window.
+    pub(crate) async fn handle(&self, payload: &[u8]) -> Outcome {
+        let command = match Command::parse(payload) {
+            Ok(command) => command,
+            Err(reason) => return Outcome::Reject(reason),
+        };
+        if let Some(id) = &command.id {
+            match self.dedupe.take(id, self.dedupe_window).await {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Duplicate,
+                Err(err) => return Outcome::Retry(err.to_string()),
+            }
+        }
+        let id = command.id.clone();
+        let outcome = self.deliver(command).await;
+        if let (Outcome::Retry(_), Some(id)) = (&outcome, id) {
+            // Not delivered: the retry must be free to deliver it.
+            let _ = self.dedupe.release(&id).await;
+        }
+        outcome
+    }
+
+    async fn deliver(&self, command: Command) -> Outcome {
+        let numbered = command.numbered();
+        match self.pusher.push(command.target, command.message).await {
+            // A push by mid is stored once numbered: a device that did not
+            // get it resumes. Delivering again would number it again.
+            Ok(delivered) if delivered.failed.is_empty() || numbered => Outcome::Done,
+            Ok(delivered) => Outcome::Retry(delivered.failed.join("; ")),
+            Err(PushError::BadRequest(reason)) => Outcome::Reject(reason),
+            Err(err) => Outcome::Retry(err.to_string()),
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! `127.0.0.1:0` and read the addresses back.
 
 pub mod config;
+mod dedupe;
 mod grpc;
 mod http;
 mod inbox;
@@ -29,10 +30,11 @@ pub use config::{
     DEVELOPMENT_SECRET, IngestConfig, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind,
     TokenWebhookConfig, VerifierKind,
 };
+pub use dedupe::{Dedupe, MemoryDedupe};
 pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, NoInbox, Since, Unacked};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
-pub use node::{Listeners, Logic, LogicError, run};
+pub use node::{Listeners, Logic, LogicError, Stores, run};
 pub use push::{DEFAULT_OPERATION, Delivered, Message, PushError};
 pub use redis_store::RedisStore;
 pub use session::{Online, Route, SessionStore, StoreError};

@@ -133,7 +133,7 @@ impl Default for Metrics {
         }
         registry.register(
             "ingest_commands",
-            "Ingest commands handled, by result (delivered, retried, dead_lettered)",
+            "Ingest commands handled, by result (delivered, duplicate, retried, dead_lettered)",
             ingest.clone(),
         );
         registry.register(
@@ -151,7 +151,7 @@ impl Default for Metrics {
             "Ingest command published -> handed to the cloud nodes",
             ingest_latency.clone(),
         );
-        for result in ["delivered", "retried", "dead_lettered"] {
+        for result in ["delivered", "duplicate", "retried", "dead_lettered"] {
             let _ = ingest.get_or_create(&ResultLabel { result });
         }
         // Known label sets start at zero (see the cloud node's metrics).

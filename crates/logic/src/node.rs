@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{
     ConfigError, DEVELOPMENT_SECRET, JwtAlgorithm, LogicConfig, SessionStoreKind, VerifierKind,
 };
+use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::grpc::LogicService;
 use crate::http::Api;
 use crate::inbox::{InboxLimits, InboxStore, MemoryInbox, NoInbox};
@@ -79,6 +80,14 @@ pub struct Logic {
     task: JoinHandle<Result<(), LogicError>>,
 }
 
+/// Where a logic node keeps its state: sessions, users' inboxes, and the
+/// push ids already delivered.
+pub struct Stores {
+    pub sessions: Arc<dyn SessionStore>,
+    pub inbox: Arc<dyn InboxStore>,
+    pub dedupe: Arc<dyn Dedupe>,
+}
+
 impl Logic {
     /// Starts serving with the configured session store and the cloud
     /// nodes of `config.cloud_nodes` (static discovery).
@@ -107,41 +116,49 @@ impl Logic {
                 .is_some()
                 .then_some(config.ack_timeout),
         };
-        let (store, mut inbox): (Arc<dyn SessionStore>, Arc<dyn InboxStore>) =
-            match config.session_store {
-                SessionStoreKind::Memory => (
-                    Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl)),
-                    Arc::new(MemoryInbox::new(limits)),
-                ),
-                SessionStoreKind::Redis => {
-                    let redis = Arc::new(
-                        RedisStore::new(
-                            &config.redis_url,
-                            &config.redis_prefix,
-                            config.session_ttl,
-                            config.online_ttl,
-                            config.redis_timeout,
-                        )?
-                        .with_inbox(limits),
-                    );
-                    (redis.clone(), redis)
+        let mut stores = match config.session_store {
+            SessionStoreKind::Memory => Stores {
+                sessions: Arc::new(MemoryStore::new(config.session_ttl, config.online_ttl)),
+                inbox: Arc::new(MemoryInbox::new(limits)),
+                dedupe: Arc::new(MemoryDedupe::default()),
+            },
+            SessionStoreKind::Redis => {
+                let redis = Arc::new(
+                    RedisStore::new(
+                        &config.redis_url,
+                        &config.redis_prefix,
+                        config.session_ttl,
+                        config.online_ttl,
+                        config.redis_timeout,
+                    )?
+                    .with_inbox(limits),
+                );
+                Stores {
+                    sessions: redis.clone(),
+                    inbox: redis.clone(),
+                    dedupe: redis,
                 }
-            };
+            }
+        };
         if config.inbox_max == 0 {
-            inbox = Arc::new(NoInbox);
+            stores.inbox = Arc::new(NoInbox);
         }
-        Logic::start_with(listeners, config, store, inbox, discovery, shutdown)
+        Logic::start_with(listeners, config, stores, discovery, shutdown)
     }
 
     /// Starts serving with these stores and discovery.
     pub fn start_with(
         listeners: Listeners,
         config: LogicConfig,
-        store: Arc<dyn SessionStore>,
-        inbox: Arc<dyn InboxStore>,
+        stores: Stores,
         discovery: &dyn Discovery,
         shutdown: CancellationToken,
     ) -> Result<Logic, LogicError> {
+        let Stores {
+            sessions: store,
+            inbox,
+            dedupe,
+        } = stores;
         config.validate()?;
         let key = ApiKey::new(config.api_key.clone());
         key.guard("logic gRPC", listeners.grpc.local_addr()?)?;
@@ -219,9 +236,14 @@ impl Logic {
             tokio::spawn(worker.run(stop.clone()));
         }
         if !config.ingest.nats_url.is_empty() {
+            let handler = ingest::Handler {
+                pusher: pusher.clone(),
+                dedupe,
+                dedupe_window: config.ingest.dedupe_window,
+            };
             tokio::spawn(ingest::consume(
                 config.ingest.clone(),
-                pusher.clone(),
+                Arc::new(handler),
                 metrics.clone(),
                 stop.clone(),
             ));

@@ -49,11 +49,11 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
         .expect("subscribe");
     let mut phone = cluster.ws(0, token(61, None, "live://ingest", &[])).await;
 
-    publish(
-        &js,
-        r#"{"type":"mids","mids":[61],"msg":"by mid","id":"c1"}"#,
-    )
-    .await;
+    // Published three times (a backend retrying): delivered once.
+    for _ in 0..3 {
+        let command = r#"{"type":"mids","mids":[61],"msg":"by mid","id":"c1"}"#;
+        publish(&js, command).await;
+    }
     let got = phone.recv_push().await.expect("push");
     assert_eq!((got.seq, &got.body[..]), (1, &b"by mid"[..]));
 
@@ -92,11 +92,18 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
             &format!("imcloud_logic_ingest_commands_total{{result=\"{result}\"}}"),
         )
     };
-    assert_eq!((count("delivered"), count("dead_lettered")), (2.0, 3.0));
+    assert_eq!(
+        (
+            count("delivered"),
+            count("duplicate"),
+            count("dead_lettered")
+        ),
+        (2.0, 2.0, 3.0)
+    );
     assert_eq!(sample(&samples, "imcloud_logic_ingest_pending"), 0.0);
     assert_eq!(
         sample(&samples, "imcloud_logic_ingest_latency_seconds_count"),
-        5.0
+        7.0
     );
 }
 
@@ -210,6 +217,19 @@ async fn two_logic_nodes_share_the_commands_and_one_drains_alone() {
     let (first, second) = (delivered(0).await, delivered(1).await);
     assert_eq!(first + second, 200.0, "each command handled by one node");
 
+    // One id published three times, whichever nodes take it: once (Redis).
+    for _ in 0..3 {
+        let command = r#"{"type":"room","room":"live://shared","msg":"once","id":"same"}"#;
+        publish(&js, command).await;
+    }
+    eventually("the three copies handled", async || {
+        delivered(0).await + delivered(1).await == 201.0 && duplicates(&https).await == 2.0
+    })
+    .await;
+    let push = phone.recv_push().await.expect("push");
+    assert_eq!(&push.body[..], b"once");
+    let second = delivered(1).await;
+
     cluster.stop_logic(0).await;
     for n in 200..300 {
         let command = format!(r#"{{"type":"room","room":"live://shared","msg":"c{n}"}}"#);
@@ -226,4 +246,17 @@ async fn two_logic_nodes_share_the_commands_and_one_drains_alone() {
         second + 100.0,
         "the other node drained the rest"
     );
+}
+
+/// Duplicate commands acknowledged, over every logic node.
+async fn duplicates(https: &[String]) -> f64 {
+    let mut total = 0.0;
+    for http in https {
+        let samples = scrape(http).await;
+        total += sample(
+            &samples,
+            "imcloud_logic_ingest_commands_total{result=\"duplicate\"}",
+        );
+    }
+    total
 }

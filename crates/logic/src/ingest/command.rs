@@ -14,6 +14,8 @@ use crate::push::{Message, Target};
 pub(crate) struct Command {
     pub(crate) target: Target,
     pub(crate) message: Message,
+    /// Delivered at most once within the dedupe window, when set.
+    pub(crate) id: Option<String>,
 }
 
 impl Command {
@@ -28,7 +30,12 @@ impl Command {
             Some(Value::String(kind)) => kind,
             _ => return Err(r#"type is required: "keys", "mids", "room" or "all""#.to_owned()),
         };
-        fields.remove("id");
+        let id = match fields.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if !id.is_empty() => Some(id),
+            Some(Value::Number(id)) => Some(id.to_string()),
+            Some(_) => return Err("id must be a non-empty string".to_owned()),
+        };
         let mut params = Params::default();
         params
             .add_json(Value::Object(fields).to_string().as_bytes())
@@ -38,6 +45,7 @@ impl Command {
         Ok(Command {
             target: request.target,
             message: request.message,
+            id,
         })
     }
 

@@ -13,10 +13,9 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Outcome, handle};
+use super::{Handler, Outcome};
 use crate::config::IngestConfig;
 use crate::metrics::Metrics;
-use crate::push::Pusher;
 
 /// The header a dead-lettered command carries its reason in.
 const REASON_HEADER: &str = "imcloud-reason";
@@ -24,7 +23,7 @@ const REASON_HEADER: &str = "imcloud-reason";
 /// Consumes commands until `stop`, reconnecting after any failure.
 pub(crate) async fn consume(
     config: IngestConfig,
-    pusher: Arc<Pusher>,
+    handler: Arc<Handler>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -32,7 +31,7 @@ pub(crate) async fn consume(
     loop {
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = consume_once(&config, &pusher, metrics.clone(), &mut down) => result,
+            result = consume_once(&config, &handler, metrics.clone(), &mut down) => result,
         };
         metrics.set_ingest_consuming(false);
         if let Err(err) = result
@@ -51,7 +50,7 @@ pub(crate) async fn consume(
 /// something fails.
 async fn consume_once(
     config: &IngestConfig,
-    pusher: &Pusher,
+    handler: &Handler,
     metrics: Arc<Metrics>,
     down: &mut bool,
 ) -> Result<(), IngestError> {
@@ -95,7 +94,7 @@ async fn consume_once(
         let (attempt, pending, published) = message.info().map_or((1, 0, None), |info| {
             (info.delivered, info.pending, Some(info.published))
         });
-        let outcome = match handle(pusher, &message.payload).await {
+        let outcome = match handler.handle(&message.payload).await {
             Outcome::Retry(reason) if attempt >= config.max_deliver => {
                 Outcome::Reject(format!("failed {attempt} times, the last: {reason}"))
             }
@@ -109,12 +108,13 @@ async fn consume_once(
         });
         let result = match outcome {
             Outcome::Done => "delivered",
+            Outcome::Duplicate => "duplicate",
             Outcome::Retry(_) => "retried",
             Outcome::Reject(_) => "dead_lettered",
         };
         metrics.ingested(result, pending, latency);
         let acked = match outcome {
-            Outcome::Done => message.ack().await,
+            Outcome::Done | Outcome::Duplicate => message.ack().await,
             Outcome::Retry(reason) => {
                 tracing::debug!(attempt, reason, "ingest command retried");
                 message

@@ -1,7 +1,10 @@
-//! Push ids already taken, so a command published twice (a backend's retry,
-//! a redelivery after a logic node died mid-command) is delivered once
-//! within the window. In memory for one logic node; in Redis (`SET NX PX`)
-//! across several.
+//! Push ids already delivered, so a command published twice (a backend's
+//! retry, a redelivery after a logic node died mid-command) is delivered
+//! once within the window. An id is first taken for a short lease while its
+//! command is delivered, then marked done for the window: a node that dies
+//! mid-delivery leaves only the lease behind, so the redelivery is not
+//! mistaken for a duplicate once the lease runs out. In memory for one
+//! logic node; in Redis (`SET NX PX`) across several.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,66 +16,118 @@ use tokio::time::Instant;
 use crate::redis_store::RedisStore;
 use crate::session::StoreError;
 
-/// Where taken ids are kept.
+/// How long an id is held while its command is being delivered.
+pub(crate) const DELIVERY_LEASE: Duration = Duration::from_secs(10);
+
+/// What taking an id found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Nobody had it: deliver, then [`Dedupe::done`].
+    First,
+    /// Another delivery holds it right now: try again later.
+    InProgress,
+    /// Delivered within the window: a duplicate.
+    Done,
+}
+
+/// Where ids are kept.
 #[async_trait]
 pub trait Dedupe: Send + Sync + 'static {
-    /// Takes `id` for `window`; false when it was already taken.
-    async fn take(&self, id: &str, window: Duration) -> Result<bool, StoreError>;
+    /// Takes `id` for `lease` if nobody holds it.
+    async fn take(&self, id: &str, lease: Duration) -> Result<Taken, StoreError>;
+    /// Marks `id` delivered, for `window`.
+    async fn done(&self, id: &str, window: Duration) -> Result<(), StoreError>;
     /// Gives `id` back: its delivery failed and will be tried again.
     async fn release(&self, id: &str) -> Result<(), StoreError>;
 }
 
-/// Taken ids in this process's memory.
+/// Ids in this process's memory: (delivered, until).
 #[derive(Debug, Default)]
 pub struct MemoryDedupe {
-    taken: Mutex<HashMap<String, Instant>>,
+    ids: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 #[async_trait]
 impl Dedupe for MemoryDedupe {
-    async fn take(&self, id: &str, window: Duration) -> Result<bool, StoreError> {
+    async fn take(&self, id: &str, lease: Duration) -> Result<Taken, StoreError> {
         let now = Instant::now();
-        let mut taken = self.taken.lock();
-        if taken.len() > 1024 {
-            taken.retain(|_, until| *until > now);
+        let mut ids = self.ids.lock();
+        if ids.len() > 1024 {
+            ids.retain(|_, (_, until)| *until > now);
         }
-        match taken.get(id) {
-            Some(until) if *until > now => Ok(false),
+        match ids.get(id) {
+            Some((true, until)) if *until > now => Ok(Taken::Done),
+            Some((false, until)) if *until > now => Ok(Taken::InProgress),
             _ => {
-                taken.insert(id.to_owned(), now + window);
-                Ok(true)
+                ids.insert(id.to_owned(), (false, now + lease));
+                Ok(Taken::First)
             }
         }
     }
 
-    async fn release(&self, id: &str) -> Result<(), StoreError> {
-        self.taken.lock().remove(id);
+    async fn done(&self, id: &str, window: Duration) -> Result<(), StoreError> {
+        self.ids
+            .lock()
+            .insert(id.to_owned(), (true, Instant::now() + window));
         Ok(())
+    }
+
+    async fn release(&self, id: &str) -> Result<(), StoreError> {
+        self.ids.lock().remove(id);
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    fn dedupe_key(&self, id: &str) -> String {
+        self.prefixed(format_args!("dedupe_{id}"))
     }
 }
 
 #[async_trait]
 impl Dedupe for RedisStore {
-    async fn take(&self, id: &str, window: Duration) -> Result<bool, StoreError> {
-        let key = self.prefixed(format_args!("dedupe_{id}"));
-        let millis = window.as_millis().max(1) as u64;
-        let set: Option<String> = self
+    async fn take(&self, id: &str, lease: Duration) -> Result<Taken, StoreError> {
+        let key = self.dedupe_key(id);
+        let millis = lease.as_millis().max(1) as u64;
+        // SET NX answers OK when taken; GET says who holds it otherwise.
+        let (set, held): (Option<String>, Option<String>) = self
             .run(async |mut conn| {
-                redis::cmd("SET")
+                redis::pipe()
+                    .cmd("SET")
                     .arg(&key)
-                    .arg(1)
+                    .arg("pending")
                     .arg("NX")
                     .arg("PX")
                     .arg(millis)
+                    .get(&key)
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        Ok(set.is_some())
+        Ok(match (set, held.as_deref()) {
+            (Some(_), _) => Taken::First,
+            (None, Some("done")) => Taken::Done,
+            (None, _) => Taken::InProgress,
+        })
+    }
+
+    async fn done(&self, id: &str, window: Duration) -> Result<(), StoreError> {
+        let key = self.dedupe_key(id);
+        let millis = window.as_millis().max(1) as u64;
+        self.run(async |mut conn| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg("done")
+                .arg("PX")
+                .arg(millis)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
     }
 
     async fn release(&self, id: &str) -> Result<(), StoreError> {
-        let key = self.prefixed(format_args!("dedupe_{id}"));
+        let key = self.dedupe_key(id);
         self.run(async |mut conn| {
             redis::cmd("DEL")
                 .arg(&key)
@@ -88,14 +143,19 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn an_id_is_taken_once_within_its_window() {
+    async fn an_id_is_leased_while_delivered_then_done_for_its_window() {
         let dedupe = MemoryDedupe::default();
-        let window = Duration::from_secs(120);
-        assert!(dedupe.take("a", window).await.expect("take"));
-        assert!(!dedupe.take("a", window).await.expect("take"));
-        dedupe.release("a").await.expect("release");
-        assert!(dedupe.take("a", window).await.expect("take again"));
+        let (lease, window) = (Duration::from_secs(10), Duration::from_secs(120));
+        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::First));
+        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::InProgress));
+        // The node delivering it died: once the lease runs out, it is free.
+        tokio::time::advance(lease).await;
+        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::First));
+        dedupe.done("a", window).await.expect("done");
+        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::Done));
         tokio::time::advance(window).await;
-        assert!(dedupe.take("a", window).await.expect("after the window"));
+        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::First));
+        dedupe.release("a").await.expect("release");
+        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::First));
     }
 }

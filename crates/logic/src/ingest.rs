@@ -19,7 +19,7 @@ pub(crate) use nats::consume;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dedupe::Dedupe;
+use crate::dedupe::{DELIVERY_LEASE, Dedupe, Taken};
 use crate::push::{PushError, Pusher};
 
 /// What to do with a command once handled.
@@ -50,17 +50,23 @@ impl Handler {
             Err(reason) => return Outcome::Reject(reason),
         };
         if let Some(id) = &command.id {
-            match self.dedupe.take(id, self.dedupe_window).await {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Duplicate,
+            match self.dedupe.take(id, DELIVERY_LEASE).await {
+                Ok(Taken::First) => {}
+                Ok(Taken::Done) => return Outcome::Duplicate,
+                Ok(Taken::InProgress) => {
+                    return Outcome::Retry(format!("id {id:?} is being delivered"));
+                }
                 Err(err) => return Outcome::Retry(err.to_string()),
             }
         }
         let id = command.id.clone();
         let outcome = self.deliver(command).await;
-        if let (Outcome::Retry(_), Some(id)) = (&outcome, id) {
-            // Not delivered: the retry must be free to deliver it.
-            let _ = self.dedupe.release(&id).await;
+        if let Some(id) = id {
+            let _ = match outcome {
+                // Not delivered: the retry must be free to deliver it.
+                Outcome::Retry(_) => self.dedupe.release(&id).await,
+                _ => self.dedupe.done(&id, self.dedupe_window).await,
+            };
         }
         outcome
     }

@@ -30,7 +30,7 @@ pub use config::{
     DEVELOPMENT_SECRET, IngestConfig, JwtAlgorithm, JwtConfig, LogicConfig, SessionStoreKind,
     TokenWebhookConfig, VerifierKind,
 };
-pub use dedupe::{Dedupe, MemoryDedupe};
+pub use dedupe::{Dedupe, MemoryDedupe, Taken};
 pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, NoInbox, Since, Unacked};
 pub use memory::MemoryStore;
 pub use metrics::Metrics;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::conns;
 use crate::stats::histogram;
@@ -58,14 +58,18 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let per_request = plan.per_request.clamp(1, plan.mids.max(1));
     let messages = plan.requests * per_request;
     let delivered = Arc::new(AtomicU64::new(0));
+    // Notified when the last expected push arrives.
+    let all_delivered = Arc::new(Notify::new());
     if let Some(ws) = &plan.online {
         let token = plan.token.clone();
         let (_, clients) = conns::run(ws, plan.mids as usize, 64, None, |i| token(i)).await?;
         for mut client in clients {
-            let delivered = delivered.clone();
+            let (delivered, all_delivered) = (delivered.clone(), all_delivered.clone());
             tokio::spawn(async move {
                 while client.recv_push().await.is_ok() {
-                    delivered.fetch_add(1, Ordering::Relaxed);
+                    if delivered.fetch_add(1, Ordering::Relaxed) + 1 == messages {
+                        all_delivered.notify_one();
+                    }
                 }
             });
         }
@@ -119,11 +123,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         worker.await?;
     }
     if plan.online.is_some() {
-        // Every push written to its device (or a few seconds, then say how many).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while delivered.load(Ordering::Relaxed) < messages && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Every push written to its device (or ten seconds, then say how many).
+        let _ = tokio::time::timeout(Duration::from_secs(10), all_delivered.notified()).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let latency = latency.lock().await;

@@ -139,8 +139,10 @@ impl Outbox {
             if state.close.is_some() {
                 return Err(Rejected::Closed);
             }
-            let user_push = at.is_some() && packet.seq() != 0;
-            if user_push && packet.seq() <= state.replayed {
+            // A push with a sequence number (replies echo the client's seq).
+            let seq = if at.is_some() { packet.seq() } else { 0 };
+            let user_push = seq != 0;
+            if user_push && seq <= state.replayed {
                 return Ok(());
             }
             let held = state.held.as_ref().map_or(0, Vec::len);

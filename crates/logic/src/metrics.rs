@@ -225,16 +225,6 @@ impl Metrics {
         self.acks.inc();
     }
 
-    /// Offline webhook calls that ended with `result` (`ok`, `failed`).
-    pub fn offline_webhook(&self, result: &'static str) -> u64 {
-        self.offline.get_or_create(&ResultLabel { result }).get()
-    }
-
-    /// Ingest commands that ended as `result` (delivered, retried, dead_lettered).
-    pub fn ingest_commands(&self, result: &'static str) -> u64 {
-        self.ingest.get_or_create(&ResultLabel { result }).get()
-    }
-
     pub(crate) fn ingested(&self, result: &'static str, pending: u64, latency: Option<f64>) {
         self.ingest.get_or_create(&ResultLabel { result }).inc();
         self.ingest_pending

@@ -68,12 +68,7 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
         publish(&js, bad).await;
         let letter = dead.next().await.expect("dead letter");
         assert_eq!(&letter.payload[..], bad.as_bytes());
-        let reason = letter
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get("imcloud-reason"))
-            .map(|value| value.as_str().to_owned())
-            .expect("a reason");
+        let reason = reason(&letter);
         assert!(reason.contains(says), "{bad}: {reason}");
     }
     // The stream keeps flowing.
@@ -129,12 +124,7 @@ async fn a_command_whose_cloud_node_is_down_is_retried_then_dead_lettered() {
     )
     .await;
     let letter = dead.next().await.expect("dead letter");
-    let reason = letter
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("imcloud-reason"))
-        .map(|value| value.as_str().to_owned())
-        .expect("a reason");
+    let reason = reason(&letter);
     assert!(reason.contains("failed 3 times"), "{reason}");
     let samples = scrape(&cluster.http).await;
     assert_eq!(
@@ -196,15 +186,7 @@ async fn two_logic_nodes_share_the_commands_and_one_drains_alone() {
         want.sort();
         assert_eq!(*got, want, "each command once");
     };
-    for n in 0..200 {
-        let command = format!(r#"{{"type":"room","room":"live://shared","msg":"c{n}"}}"#);
-        publish(&js, &command).await;
-    }
-    let mut got = Vec::new();
-    while got.len() < 200 {
-        let push = phone.recv_push().await.expect("push");
-        got.push(String::from_utf8_lossy(&push.body).into_owned());
-    }
+    let mut got = room_commands(&js, &mut phone, 0..200).await;
     expect(&mut got, 0, 200);
     let https = cluster.https.clone();
     let delivered = async |logic: usize| {
@@ -231,15 +213,7 @@ async fn two_logic_nodes_share_the_commands_and_one_drains_alone() {
     let second = delivered(1).await;
 
     cluster.stop_logic(0).await;
-    for n in 200..300 {
-        let command = format!(r#"{{"type":"room","room":"live://shared","msg":"c{n}"}}"#);
-        publish(&js, &command).await;
-    }
-    let mut got = Vec::new();
-    while got.len() < 100 {
-        let push = phone.recv_push().await.expect("push");
-        got.push(String::from_utf8_lossy(&push.body).into_owned());
-    }
+    let mut got = room_commands(&js, &mut phone, 200..300).await;
     expect(&mut got, 200, 300);
     assert_eq!(
         delivered(1).await,
@@ -259,4 +233,34 @@ async fn duplicates(https: &[String]) -> f64 {
         );
     }
     total
+}
+
+/// The reason a dead letter carries.
+fn reason(letter: &async_nats::Message) -> String {
+    letter
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("imcloud-reason"))
+        .map(|value| value.as_str().to_owned())
+        .expect("a reason")
+}
+
+/// Publishes room commands `c{n}` for `live://shared`, and returns the bodies
+/// `phone` received, as many as were published.
+async fn room_commands(
+    js: &jetstream::Context,
+    phone: &mut imcloud_client::Client,
+    numbers: std::ops::Range<usize>,
+) -> Vec<String> {
+    let count = numbers.len();
+    for n in numbers {
+        let command = format!(r#"{{"type":"room","room":"live://shared","msg":"c{n}"}}"#);
+        publish(js, &command).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < count {
+        let push = phone.recv_push().await.expect("push");
+        got.push(String::from_utf8_lossy(&push.body).into_owned());
+    }
+    got
 }

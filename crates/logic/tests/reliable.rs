@@ -219,19 +219,10 @@ async fn soak_devices_cut_at_random_end_with_every_message_once_and_in_order() {
         }));
     }
 
-    let cutter = tokio::spawn({
-        let cuts = cuts.clone();
-        async move {
-            loop {
-                cuts[fastrand::usize(..cuts.len())].notify_one();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    });
     let next = Arc::new(AtomicUsize::new(0));
     let senders: Vec<_> = (0..32)
         .map(|worker| {
-            let (cluster, next) = (cluster.clone(), next.clone());
+            let (cluster, next, cuts) = (cluster.clone(), next.clone(), cuts.clone());
             tokio::spawn(async move {
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +242,9 @@ async fn soak_devices_cut_at_random_end_with_every_message_once_and_in_order() {
                         (200, &json!(USERS_PER_PUSH)),
                         "{body}"
                     );
+                    // Every push cuts a device somewhere, midway through
+                    // whatever it was doing, as a network would.
+                    cuts[fastrand::usize(..cuts.len())].notify_one();
                 }
             })
         })
@@ -258,7 +252,6 @@ async fn soak_devices_cut_at_random_end_with_every_message_once_and_in_order() {
     for sender in senders {
         sender.await.expect("sender");
     }
-    cutter.abort();
 
     let mut last = HashMap::new();
     for mid in 1000..1000 + USERS {

@@ -16,6 +16,7 @@ mod consul;
 mod eventually;
 pub mod fake_logic;
 mod nats;
+mod process;
 mod redis;
 pub mod standalone;
 

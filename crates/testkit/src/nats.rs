@@ -2,10 +2,11 @@
 //! port of its own, its store in a fresh directory, restartable on the same
 //! port and store (a crash and its return), killable.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+use crate::process::{Log, kill, spawn_ready};
 
 /// A nats-server child process with JetStream on.
 pub struct NatsServer {
@@ -40,7 +41,8 @@ impl NatsServer {
 
     /// Starts the server (again) on the same port and store.
     pub fn restart(&mut self) {
-        let mut child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args([
                 "-js",
                 "-a",
@@ -49,33 +51,18 @@ impl NatsServer {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(&self.dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot start nats-server ({err}): the ingest tests need it on PATH \
-                     (Debian: apt-get install -y nats-server)"
-                )
-            });
-        let stderr = child.stderr.take().expect("nats stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Server is ready"));
-        assert!(ready, "nats-server exited before it was ready");
-        // Keep reading so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        self.child = Some(child);
+            .arg(&self.dir);
+        self.child = Some(spawn_ready(
+            command,
+            Log::Stderr,
+            "Server is ready",
+            "Debian: apt-get install -y nats-server",
+        ));
     }
 
     /// Kills the server, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 }
 

@@ -1,9 +1,10 @@
 //! A real redis-server for the tests: started from PATH on a Unix socket in
 //! a fresh directory (no port to race for), persistence off.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+use crate::process::{Log, kill, spawn_ready};
 
 /// A redis-server child process, on its own Unix socket.
 pub struct RedisServer {
@@ -32,8 +33,8 @@ impl RedisServer {
 
     /// Starts the server (again) on the same socket.
     pub fn restart(&mut self) {
-        let socket = self.dir.join("redis.sock");
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args([
                 "--port",
                 "0",
@@ -43,35 +44,20 @@ impl RedisServer {
                 "no",
                 "--unixsocket",
             ])
-            .arg(&socket)
+            .arg(self.dir.join("redis.sock"))
             .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot start redis-server ({err}): the Redis tests need it on PATH \
-                     (Debian: apt-get install -y redis-server)"
-                )
-            });
-        let stdout = child.stdout.take().expect("redis stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.to_lowercase().contains("ready to accept connections"));
-        assert!(ready, "redis-server exited before it was ready");
-        // Keep reading so redis never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        self.child = Some(child);
+            .arg(&self.dir);
+        self.child = Some(spawn_ready(
+            command,
+            Log::Stdout,
+            "ready to accept connections",
+            "Debian: apt-get install -y redis-server",
+        ));
     }
 
     /// Kills the server, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 }
 

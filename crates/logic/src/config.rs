@@ -115,10 +115,10 @@ pub struct IngestConfig {
     /// (no cloud node reachable, the store down) is tried again.
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
-    /// A command's `id` is delivered at most once within this window
-    /// (across logic nodes with the Redis store).
+    /// How long a command handed to a logic node may go unacknowledged
+    /// before NATS gives it to another (the node died mid-command).
     #[serde(with = "humantime_serde")]
-    pub dedupe_window: Duration,
+    pub ack_wait: Duration,
 }
 
 impl Default for IngestConfig {
@@ -131,7 +131,7 @@ impl Default for IngestConfig {
             dead_letter_subject: "imcloud.push.dead".to_owned(),
             max_deliver: 5,
             retry_delay: Duration::from_secs(1),
-            dedupe_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -230,6 +230,12 @@ pub struct LogicConfig {
     /// nodes learn it from Connect; zero: no hold.
     #[serde(with = "humantime_serde")]
     pub resume_wait: Duration,
+    /// A push's idempotency key (an ingest command's `id`, the HTTP
+    /// `Idempotency-Key` header, the gRPC `idempotency-key` metadata) is
+    /// delivered at most once within this window, and a retry gets the first
+    /// answer again; across logic nodes with the Redis store.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
     /// Push commands from NATS JetStream (off unless `nats_url` is set).
     pub ingest: IngestConfig,
     /// Cloud nodes, for static discovery.
@@ -261,6 +267,7 @@ impl Default for LogicConfig {
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             offline_webhook: None,
             resume_wait: DEFAULT_RESUME_WAIT,
+            dedupe_window: Duration::from_secs(120),
             ingest: IngestConfig::default(),
             cloud_nodes: vec![ServiceNode {
                 id: "cloud-1".to_owned(),
@@ -299,6 +306,8 @@ impl LogicConfig {
             ("call_timeout", self.call_timeout),
             ("inbox_ttl", self.inbox_ttl),
             ("ack_timeout", self.ack_timeout),
+            ("dedupe_window", self.dedupe_window),
+            ("ingest.ack_wait", self.ingest.ack_wait),
         ] {
             if value.is_zero() {
                 return invalid(field, "must be longer than zero");

@@ -1,10 +1,11 @@
-//! Push ids already delivered, so a command published twice (a backend's
-//! retry, a redelivery after a logic node died mid-command) is delivered
-//! once within the window. An id is first taken for a short lease while its
-//! command is delivered, then marked done for the window: a node that dies
-//! mid-delivery leaves only the lease behind, so the redelivery is not
-//! mistaken for a duplicate once the lease runs out. In memory for one
-//! logic node; in Redis (`SET NX PX`) across several.
+//! Idempotency keys of pushes already delivered, with their answers, so a
+//! push sent twice (a backend's retry, a redelivery after a logic node died
+//! mid-command) is delivered once within the window and the retry gets the
+//! first answer. A key is first taken for a short lease while its push is
+//! delivered, then marked done for the window: a node that dies
+//! mid-delivery leaves only the lease behind, so the retry is not mistaken
+//! for a duplicate once the lease runs out. In memory for one logic node;
+//! in Redis (`SET NX PX`) across several.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,18 +17,22 @@ use tokio::time::Instant;
 use crate::redis_store::RedisStore;
 use crate::session::StoreError;
 
+/// What a key holds in Redis while its push is being delivered; once
+/// delivered, it holds the answer (JSON, never this).
+const PENDING: &str = "pending";
+
 /// How long an id is held while its command is being delivered.
 pub(crate) const DELIVERY_LEASE: Duration = Duration::from_secs(10);
 
 /// What taking an id found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Taken {
     /// Nobody had it: deliver, then [`Dedupe::done`].
     First,
     /// Another delivery holds it right now: try again later.
     InProgress,
-    /// Delivered within the window: a duplicate.
-    Done,
+    /// Delivered within the window: a duplicate, and the first answer.
+    Done(String),
 }
 
 /// Where ids are kept.
@@ -35,45 +40,58 @@ pub enum Taken {
 pub trait Dedupe: Send + Sync + 'static {
     /// Takes `id` for `lease` if nobody holds it.
     async fn take(&self, id: &str, lease: Duration) -> Result<Taken, StoreError>;
-    /// Marks `id` delivered, for `window`.
-    async fn done(&self, id: &str, window: Duration) -> Result<(), StoreError>;
+    /// Marks `id` delivered, with its answer, for `window`.
+    async fn done(&self, id: &str, window: Duration, answer: &str) -> Result<(), StoreError>;
     /// Gives `id` back: its delivery failed and will be tried again.
     async fn release(&self, id: &str) -> Result<(), StoreError>;
 }
 
-/// Ids in this process's memory: (delivered, until).
+/// Ids in this process's memory.
 #[derive(Debug, Default)]
 pub struct MemoryDedupe {
-    ids: Mutex<HashMap<String, (bool, Instant)>>,
+    ids: Mutex<Ids>,
 }
+
+#[derive(Debug, Default)]
+struct Ids {
+    /// id -> (the answer once delivered, until when).
+    held: HashMap<String, (Option<String>, Instant)>,
+    /// When expired ids were last dropped.
+    swept: Option<Instant>,
+}
+
+/// How often expired ids are dropped: a sweep walks them all.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl Dedupe for MemoryDedupe {
     async fn take(&self, id: &str, lease: Duration) -> Result<Taken, StoreError> {
         let now = Instant::now();
         let mut ids = self.ids.lock();
-        if ids.len() > 1024 {
-            ids.retain(|_, (_, until)| *until > now);
+        if ids.swept.is_none_or(|at| now - at >= SWEEP_EVERY) {
+            ids.swept = Some(now);
+            ids.held.retain(|_, (_, until)| *until > now);
         }
-        match ids.get(id) {
-            Some((true, until)) if *until > now => Ok(Taken::Done),
-            Some((false, until)) if *until > now => Ok(Taken::InProgress),
+        match ids.held.get(id) {
+            Some((Some(answer), until)) if *until > now => Ok(Taken::Done(answer.clone())),
+            Some((None, until)) if *until > now => Ok(Taken::InProgress),
             _ => {
-                ids.insert(id.to_owned(), (false, now + lease));
+                ids.held.insert(id.to_owned(), (None, now + lease));
                 Ok(Taken::First)
             }
         }
     }
 
-    async fn done(&self, id: &str, window: Duration) -> Result<(), StoreError> {
-        self.ids
-            .lock()
-            .insert(id.to_owned(), (true, Instant::now() + window));
+    async fn done(&self, id: &str, window: Duration, answer: &str) -> Result<(), StoreError> {
+        self.ids.lock().held.insert(
+            id.to_owned(),
+            (Some(answer.to_owned()), Instant::now() + window),
+        );
         Ok(())
     }
 
     async fn release(&self, id: &str) -> Result<(), StoreError> {
-        self.ids.lock().remove(id);
+        self.ids.lock().held.remove(id);
         Ok(())
     }
 }
@@ -95,7 +113,7 @@ impl Dedupe for RedisStore {
                 redis::pipe()
                     .cmd("SET")
                     .arg(&key)
-                    .arg("pending")
+                    .arg(PENDING)
                     .arg("NX")
                     .arg("PX")
                     .arg(millis)
@@ -104,20 +122,20 @@ impl Dedupe for RedisStore {
                     .await
             })
             .await?;
-        Ok(match (set, held.as_deref()) {
+        Ok(match (set, held) {
             (Some(_), _) => Taken::First,
-            (None, Some("done")) => Taken::Done,
+            (None, Some(answer)) if answer != PENDING => Taken::Done(answer),
             (None, _) => Taken::InProgress,
         })
     }
 
-    async fn done(&self, id: &str, window: Duration) -> Result<(), StoreError> {
+    async fn done(&self, id: &str, window: Duration, answer: &str) -> Result<(), StoreError> {
         let key = self.dedupe_key(id);
         let millis = window.as_millis().max(1) as u64;
         self.run(async |mut conn| {
             redis::cmd("SET")
                 .arg(&key)
-                .arg("done")
+                .arg(answer)
                 .arg("PX")
                 .arg(millis)
                 .query_async::<()>(&mut conn)
@@ -151,8 +169,11 @@ mod tests {
         // The node delivering it died: once the lease runs out, it is free.
         tokio::time::advance(lease).await;
         assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::First));
-        dedupe.done("a", window).await.expect("done");
-        assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::Done));
+        dedupe.done("a", window, "{}").await.expect("done");
+        assert_eq!(
+            dedupe.take("a", lease).await.ok(),
+            Some(Taken::Done("{}".to_owned()))
+        );
         tokio::time::advance(window).await;
         assert_eq!(dedupe.take("a", lease).await.ok(), Some(Taken::First));
         dedupe.release("a").await.expect("release");

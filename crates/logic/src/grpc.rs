@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
+use crate::idempotent::{Answer, Idempotent};
 use crate::inbox::{Acked, InboxStore};
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
-use crate::push::{Message, Pusher};
+use crate::push::{Delivered, Message, PushError, Target};
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::TokenVerifier;
 use crate::webhook::{Posted, Webhook};
@@ -27,7 +28,7 @@ pub(crate) struct LogicService {
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) inbox: Arc<dyn InboxStore>,
-    pub(crate) pusher: Arc<Pusher>,
+    pub(crate) pushes: Arc<Idempotent>,
     pub(crate) advisor: Arc<Advisor>,
     pub(crate) metrics: Arc<Metrics>,
     /// Where client messages (op 4) go, if anywhere.
@@ -59,6 +60,36 @@ impl From<StoreError> for Status {
     fn from(err: StoreError) -> Status {
         Status::unavailable(err.to_string())
     }
+}
+
+/// The metadata carrying a push's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The push's idempotency key, if it carries one.
+fn idempotency_key<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    match request
+        .metadata()
+        .get(IDEMPOTENCY_KEY)
+        .map(|key| key.to_str())
+    {
+        None => Ok(None),
+        Some(Ok(key)) => Ok(Some(key.to_owned())),
+        Some(Err(_)) => {
+            Err(PushError::BadRequest("the idempotency-key is not visible ASCII".to_owned()).into())
+        }
+    }
+}
+
+/// A push's reply; a first answer given again says so in the
+/// `idempotent-replayed` metadata.
+fn reply<T>(answer: &Answer, reply: impl FnOnce(&Delivered) -> T) -> Response<T> {
+    let mut response = Response::new(reply(&answer.delivered));
+    if answer.replayed {
+        response
+            .metadata_mut()
+            .insert("idempotent-replayed", "true".parse().expect("ascii"));
+    }
+    response
 }
 
 fn operation(op: i32) -> Option<i32> {
@@ -214,10 +245,14 @@ impl Logic for LogicService {
         &self,
         request: Request<PushKeysReq>,
     ) -> Result<Response<PushKeysReply>, Status> {
+        let key = idempotency_key(&request)?;
         let request = request.into_inner();
         let message = Message::new(operation(request.operation), request.msg)?;
-        let delivered = self.pusher.push_keys(request.keys, message).await?;
-        Ok(Response::new(PushKeysReply {
+        let answer = self
+            .pushes
+            .push(key.as_deref(), Target::Keys(request.keys), message)
+            .await?;
+        Ok(reply(&answer, |delivered| PushKeysReply {
             nodes: delivered.nodes as i32,
             keys: delivered.keys.unwrap_or(0) as i32,
         }))
@@ -227,6 +262,7 @@ impl Logic for LogicService {
         &self,
         request: Request<PushMidsReq>,
     ) -> Result<Response<PushMidsReply>, Status> {
+        let key = idempotency_key(&request)?;
         let request = request.into_inner();
         let mids = request
             .mids
@@ -238,8 +274,11 @@ impl Logic for LogicService {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let message = Message::new(operation(request.operation), request.msg)?;
-        let delivered = self.pusher.push_mids(mids, message).await?;
-        Ok(Response::new(PushMidsReply {
+        let answer = self
+            .pushes
+            .push(key.as_deref(), Target::Mids(mids), message)
+            .await?;
+        Ok(reply(&answer, |delivered| PushMidsReply {
             nodes: delivered.nodes as i32,
             keys: delivered.keys.unwrap_or(0) as i32,
             stored: delivered.stored.unwrap_or(0) as i32,
@@ -250,12 +289,16 @@ impl Logic for LogicService {
         &self,
         request: Request<PushRoomReq>,
     ) -> Result<Response<PushRoomReply>, Status> {
+        let key = idempotency_key(&request)?;
         let request = request.into_inner();
         let message = Message::new(operation(request.operation), request.msg)?;
         let room = RoomId::from_parts(&request.r#type, &request.room)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let delivered = self.pusher.push_room(room, message).await?;
-        Ok(Response::new(PushRoomReply {
+        let answer = self
+            .pushes
+            .push(key.as_deref(), Target::Room(room), message)
+            .await?;
+        Ok(reply(&answer, |delivered| PushRoomReply {
             nodes: delivered.nodes as i32,
         }))
     }
@@ -264,10 +307,14 @@ impl Logic for LogicService {
         &self,
         request: Request<PushAllReq>,
     ) -> Result<Response<PushAllReply>, Status> {
+        let key = idempotency_key(&request)?;
         let request = request.into_inner();
         let message = Message::new(operation(request.operation), request.msg)?;
-        let delivered = self.pusher.push_all(request.speed, message).await?;
-        Ok(Response::new(PushAllReply {
+        let target = Target::All {
+            speed: request.speed,
+        };
+        let answer = self.pushes.push(key.as_deref(), target, message).await?;
+        Ok(reply(&answer, |delivered| PushAllReply {
             nodes: delivered.nodes as i32,
         }))
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -24,17 +24,18 @@ use imcloud_protocol::RoomId;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DEVELOPMENT_SECRET;
+use crate::idempotent::Idempotent;
 use crate::inbox::InboxStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
 use crate::params::{Params, PushRequest};
-use crate::push::{PushError, Pusher};
+use crate::push::PushError;
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::{Claims, Jwt};
 
 /// What the HTTP API reaches.
 pub(crate) struct Api {
-    pub(crate) pusher: Arc<Pusher>,
+    pub(crate) pushes: Arc<Idempotent>,
     /// Online counts.
     pub(crate) store: Arc<dyn SessionStore>,
     /// Users' kept messages.
@@ -168,6 +169,7 @@ impl From<PushError> for ApiError {
     fn from(err: PushError) -> Self {
         let status = match err {
             PushError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PushError::InProgress(_) => StatusCode::CONFLICT,
             PushError::Store(_) | PushError::NoCloudReachable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, err.to_string())
@@ -184,14 +186,31 @@ fn ok(data: impl Serialize) -> Json<Value> {
     Json(json!({"code": 0, "message": "ok", "data": data}))
 }
 
+/// The request header carrying a push's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// A push by key, mid, room or to everyone, im-cloud style (parameters
 /// and `msg` from the query, a form or JSON) or goim style (parameters from
-/// the query, the raw body as the message).
+/// the query, the raw body as the message). With an `Idempotency-Key`, a
+/// retry gets the first answer again (`Idempotent-Replayed: true`).
 async fn push(
     State(api): State<Arc<Api>>,
+    headers: HeaderMap,
     PushRequest { target, message }: PushRequest,
-) -> Result<Json<Value>, ApiError> {
-    Ok(ok(api.pusher.push(target, message).await?))
+) -> Result<Response, ApiError> {
+    let key = match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(_)) => return Err(ApiError::bad("the Idempotency-Key is not visible ASCII")),
+    };
+    let answer = api.pushes.push(key, target, message).await?;
+    let mut response = ok(answer.delivered).into_response();
+    if answer.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 #[derive(Serialize)]

@@ -74,8 +74,17 @@ pub struct Unacked {
 #[async_trait]
 pub trait InboxStore: Send + Sync + 'static {
     /// Numbers one message for each user and keeps it; returns each user's
-    /// sequence number, in the order of `mids`.
-    async fn store(&self, mids: &[i64], op: i32, body: &Bytes) -> Result<Vec<u64>, StoreError>;
+    /// sequence number, in the order of `mids`. A push stored again under
+    /// the same `id` within `id_window` (a redelivery after a logic node died
+    /// between storing and acknowledging) gets the numbers it got the first
+    /// time, so devices see one message, not two.
+    async fn store(
+        &self,
+        mids: &[i64],
+        op: i32,
+        body: &Bytes,
+        id: Option<&str>,
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// The messages of `mid` after `since`, with the latest and oldest
     /// sequence numbers.
@@ -108,6 +117,8 @@ pub struct InboxLimits {
     /// Set when an offline webhook is configured: a message not acknowledged
     /// this long after it was stored is due for it.
     pub ack_timeout: Option<Duration>,
+    /// How long a push id's numbers are remembered (`dedupe_window`).
+    pub id_window: Duration,
 }
 
 /// Inboxes in this process's memory, for a single logic node.
@@ -125,6 +136,8 @@ struct Users {
     /// attempts made for each.
     due: BTreeSet<(Instant, i64, u64)>,
     attempts: HashMap<(i64, u64), (Instant, u32)>,
+    /// The number each (push id, user) got, until when.
+    numbered: HashMap<(String, i64), (u64, Instant)>,
 }
 
 #[derive(Debug)]
@@ -154,6 +167,7 @@ impl Users {
         }
         self.last_sweep = Some(now);
         self.inboxes.retain(|_, inbox| inbox.expires > now);
+        self.numbered.retain(|_, (_, until)| *until > now);
     }
 
     /// The live inbox of `mid`, if any.
@@ -176,13 +190,25 @@ impl Users {
 
 #[async_trait]
 impl InboxStore for MemoryInbox {
-    async fn store(&self, mids: &[i64], op: i32, body: &Bytes) -> Result<Vec<u64>, StoreError> {
+    async fn store(
+        &self,
+        mids: &[i64],
+        op: i32,
+        body: &Bytes,
+        id: Option<&str>,
+    ) -> Result<Vec<u64>, StoreError> {
         let now = Instant::now();
         let mut users = self.users.lock();
-        users.sweep(now, self.limits.ttl);
+        users.sweep(now, self.limits.ttl.min(self.limits.id_window));
         Ok(mids
             .iter()
             .map(|mid| {
+                let id = id.map(|id| (id.to_owned(), *mid));
+                if let Some((seq, until)) = id.as_ref().and_then(|id| users.numbered.get(id))
+                    && *until > now
+                {
+                    return *seq;
+                }
                 let inbox = users.inboxes.entry(*mid).or_insert_with(|| UserInbox {
                     last: 0,
                     acked: 0,
@@ -208,6 +234,11 @@ impl InboxStore for MemoryInbox {
                 let seq = inbox.last;
                 if let Some(timeout) = self.limits.ack_timeout {
                     users.schedule(*mid, seq, now + timeout, 0);
+                }
+                if let Some(id) = id {
+                    users
+                        .numbered
+                        .insert(id, (seq, now + self.limits.id_window));
                 }
                 seq
             })
@@ -310,7 +341,13 @@ pub struct NoInbox;
 
 #[async_trait]
 impl InboxStore for NoInbox {
-    async fn store(&self, mids: &[i64], _op: i32, _body: &Bytes) -> Result<Vec<u64>, StoreError> {
+    async fn store(
+        &self,
+        mids: &[i64],
+        _op: i32,
+        _body: &Bytes,
+        _id: Option<&str>,
+    ) -> Result<Vec<u64>, StoreError> {
         Ok(vec![0; mids.len()])
     }
 

@@ -17,10 +17,9 @@ pub(crate) use command::Command;
 pub(crate) use nats::consume;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::dedupe::{DELIVERY_LEASE, Dedupe, Taken};
-use crate::push::{PushError, Pusher};
+use crate::idempotent::Idempotent;
+use crate::push::PushError;
 
 /// What to do with a command once handled.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,54 +30,38 @@ pub(crate) enum Outcome {
     Duplicate,
     /// Failed for a reason that may pass: try again later.
     Retry(String),
+    /// Another node is delivering the same id right now: try again later,
+    /// without counting it as a failure.
+    Wait(String),
     /// Can never succeed: dead-letter it with the reason.
     Reject(String),
 }
 
 /// What handling a command uses.
 pub(crate) struct Handler {
-    pub(crate) pusher: Arc<Pusher>,
-    pub(crate) dedupe: Arc<dyn Dedupe>,
-    pub(crate) dedupe_window: Duration,
+    pub(crate) pushes: Arc<Idempotent>,
 }
 
 impl Handler {
-    /// Parses and delivers one command, once per id within the window.
-    pub(crate) async fn handle(&self, payload: &[u8]) -> Outcome {
+    /// Parses and delivers one command, once per id within the window. A
+    /// command without an id goes by `engine_id` (the engine's own number
+    /// for the message), so a redelivery after a logic node died
+    /// mid-command is numbered as the first delivery was.
+    pub(crate) async fn handle(&self, payload: &[u8], engine_id: Option<&str>) -> Outcome {
         let command = match Command::parse(payload) {
             Ok(command) => command,
             Err(reason) => return Outcome::Reject(reason),
         };
-        if let Some(id) = &command.id {
-            match self.dedupe.take(id, DELIVERY_LEASE).await {
-                Ok(Taken::First) => {}
-                Ok(Taken::Done) => return Outcome::Duplicate,
-                Ok(Taken::InProgress) => {
-                    return Outcome::Retry(format!("id {id:?} is being delivered"));
-                }
-                Err(err) => return Outcome::Retry(err.to_string()),
-            }
-        }
-        let id = command.id.clone();
-        let outcome = self.deliver(command).await;
-        if let Some(id) = id {
-            let _ = match outcome {
-                // Not delivered: the retry must be free to deliver it.
-                Outcome::Retry(_) => self.dedupe.release(&id).await,
-                _ => self.dedupe.done(&id, self.dedupe_window).await,
-            };
-        }
-        outcome
-    }
-
-    async fn deliver(&self, command: Command) -> Outcome {
         let numbered = command.numbered();
-        match self.pusher.push(command.target, command.message).await {
+        let id = command.id.as_deref().or(engine_id);
+        match self.pushes.push(id, command.target, command.message).await {
+            Ok(answer) if answer.replayed => Outcome::Duplicate,
             // A push by mid is stored once numbered: a device that did not
-            // get it resumes. Delivering again would number it again.
-            Ok(delivered) if delivered.failed.is_empty() || numbered => Outcome::Done,
-            Ok(delivered) => Outcome::Retry(delivered.failed.join("; ")),
+            // get it resumes.
+            Ok(answer) if answer.delivered.failed.is_empty() || numbered => Outcome::Done,
+            Ok(answer) => Outcome::Retry(answer.delivered.failed.join("; ")),
             Err(PushError::BadRequest(reason)) => Outcome::Reject(reason),
+            Err(err @ PushError::InProgress(_)) => Outcome::Wait(err.to_string()),
             Err(err) => Outcome::Retry(err.to_string()),
         }
     }

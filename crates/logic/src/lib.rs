@@ -9,6 +9,7 @@ pub mod config;
 mod dedupe;
 mod grpc;
 mod http;
+mod idempotent;
 mod inbox;
 mod ingest;
 mod memory;

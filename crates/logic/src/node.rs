@@ -18,6 +18,7 @@ use crate::config::{
 use crate::dedupe::{Dedupe, MemoryDedupe};
 use crate::grpc::LogicService;
 use crate::http::Api;
+use crate::idempotent::Idempotent;
 use crate::inbox::{InboxLimits, InboxStore, MemoryInbox, NoInbox};
 use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
@@ -115,6 +116,7 @@ impl Logic {
                 .offline_webhook
                 .is_some()
                 .then_some(config.ack_timeout),
+            id_window: config.dedupe_window,
         };
         let mut stores = match config.session_store {
             SessionStoreKind::Memory => Stores {
@@ -186,6 +188,11 @@ impl Logic {
             metrics.clone(),
             config.max_push_targets,
         ));
+        let pushes = Arc::new(Idempotent::new(
+            pusher.clone(),
+            dedupe,
+            config.dedupe_window,
+        ));
         let advisor = Arc::new(Advisor {
             store: store.clone(),
             clouds,
@@ -196,7 +203,7 @@ impl Logic {
             verifier,
             store: store.clone(),
             inbox: inbox.clone(),
-            pusher: pusher.clone(),
+            pushes: pushes.clone(),
             advisor: advisor.clone(),
             metrics: metrics.clone(),
             receive_webhook: config
@@ -213,7 +220,7 @@ impl Logic {
             stop: stop.clone(),
         };
         let http = Api {
-            pusher: pusher.clone(),
+            pushes: pushes.clone(),
             store,
             inbox: inbox.clone(),
             advisor,
@@ -236,11 +243,7 @@ impl Logic {
             tokio::spawn(worker.run(stop.clone()));
         }
         if !config.ingest.nats_url.is_empty() {
-            let handler = ingest::Handler {
-                pusher: pusher.clone(),
-                dedupe,
-                dedupe_window: config.ingest.dedupe_window,
-            };
+            let handler = ingest::Handler { pushes };
             tokio::spawn(ingest::consume(
                 config.ingest.clone(),
                 Arc::new(handler),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Proto, PushMsgReq};
 use imcloud_protocol::RoomId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::inbox::InboxStore;
@@ -32,30 +32,34 @@ pub enum PushError {
     /// No cloud node concerned could be reached.
     #[error("no cloud node reachable: {0}")]
     NoCloudReachable(String),
+    /// Another push with this idempotency key is being delivered.
+    #[error("a push with idempotency key {0:?} is being delivered: retry in a few seconds")]
+    InProgress(String),
 }
 
 impl From<PushError> for tonic::Status {
     fn from(err: PushError) -> Self {
         match err {
             PushError::BadRequest(msg) => tonic::Status::invalid_argument(msg),
+            err @ PushError::InProgress(_) => tonic::Status::aborted(err.to_string()),
             other => tonic::Status::unavailable(other.to_string()),
         }
     }
 }
 
 /// What a push reached, as the APIs report it.
-#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
     /// Cloud nodes the push was handed to.
     pub nodes: usize,
     /// Connection keys it was handed for (pushes by key or mid).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<usize>,
     /// Users whose inbox numbered and kept it (pushes by mid).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<usize>,
     /// Cloud nodes that could not take it, with why.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
 }
 
@@ -188,15 +192,17 @@ impl Pusher {
         }
     }
 
-    /// Delivers `message` to `target`.
+    /// Delivers `message` to `target`; a push by mid with an `id` is
+    /// numbered once per id (see [`InboxStore::store`]).
     pub(crate) async fn push(
         &self,
         target: Target,
         message: Message,
+        id: Option<&str>,
     ) -> Result<Delivered, PushError> {
         match target {
             Target::Keys(keys) => self.push_keys(keys, message).await,
-            Target::Mids(mids) => self.push_mids(mids, message).await,
+            Target::Mids(mids) => self.push_mids(mids, message, id).await,
             Target::Room(room) => self.push_room(room, message).await,
             Target::All { speed } => self.push_all(speed, message).await,
         }
@@ -217,11 +223,7 @@ impl Pusher {
     }
 
     /// Pushes to connection keys: one `PushMsg` per cloud node holding some.
-    pub(crate) async fn push_keys(
-        &self,
-        keys: Vec<String>,
-        message: Message,
-    ) -> Result<Delivered, PushError> {
+    async fn push_keys(&self, keys: Vec<String>, message: Message) -> Result<Delivered, PushError> {
         self.check_targets(keys.len(), "keys")?;
         let found = self.store.servers_of_keys(&keys).await?;
         let mut by_server: HashMap<String, Batch> = HashMap::new();
@@ -244,10 +246,11 @@ impl Pusher {
     /// Once stored, the push is answered as done even if no cloud node took
     /// it (`failed` says which did not): devices get it when they resume,
     /// and a backend that retried would only store it twice.
-    pub(crate) async fn push_mids(
+    async fn push_mids(
         &self,
         mids: Vec<i64>,
         message: Message,
+        id: Option<&str>,
     ) -> Result<Delivered, PushError> {
         self.check_targets(mids.len(), "mids")?;
         let seqs: HashMap<i64, u64> = mids
@@ -255,7 +258,7 @@ impl Pusher {
             .copied()
             .zip(
                 self.inbox
-                    .store(&mids, message.operation, &message.body)
+                    .store(&mids, message.operation, &message.body, id)
                     .await?,
             )
             .collect();
@@ -316,11 +319,7 @@ impl Pusher {
     }
 
     /// Pushes to a room on every cloud node.
-    pub(crate) async fn push_room(
-        &self,
-        room: RoomId,
-        message: Message,
-    ) -> Result<Delivered, PushError> {
+    async fn push_room(&self, room: RoomId, message: Message) -> Result<Delivered, PushError> {
         let proto = message.proto();
         self.to_every_node("room", |mut client| {
             let request = BroadcastRoomReq {
@@ -334,11 +333,7 @@ impl Pusher {
 
     /// Pushes to every connection that accepts the op, on every cloud node;
     /// `speed` (connections per second) is shared among the nodes.
-    pub(crate) async fn push_all(
-        &self,
-        speed: i32,
-        message: Message,
-    ) -> Result<Delivered, PushError> {
+    async fn push_all(&self, speed: i32, message: Message) -> Result<Delivered, PushError> {
         if speed < 0 {
             return Err(PushError::BadRequest(format!("speed {speed} is negative")));
         }

@@ -4,6 +4,8 @@
 //! - `inbox_<mid>`: sorted set, score = sequence number, member =
 //!   `<seq>:<op>:<body>` (the body's bytes as they are);
 //! - `inbox_ack_<mid>`: string, the highest sequence number acknowledged;
+//! - `inbox_push_<id>`: hash, mid -> the sequence number a push with that
+//!   id got, for `dedupe_window` (only for pushes that carry an id);
 //! - `inbox_due`: sorted set (all users), score = when the message is due
 //!   for the offline webhook (Redis time, ms), member = `<mid>:<seq>:<attempt>`;
 //!   only written while an offline webhook is configured.
@@ -22,9 +24,15 @@ use crate::inbox::{Acked, InboxStore, Kept, Since, Unacked};
 use crate::redis_store::RedisStore;
 use crate::session::StoreError;
 
-/// KEYS: the counter, the inbox, the acks, the due set. ARGV: op, body, max
-/// kept, TTL (s), ack timeout (ms, 0: not due for a webhook), mid.
+/// KEYS: the counter, the inbox, the acks, the due set, the push's ids.
+/// ARGV: op, body, max kept, TTL (s), ack timeout (ms, 0: not due for a
+/// webhook), mid, id window (ms, 0: the push has no id).
 pub(crate) const STORE_MESSAGE: &str = r"
+local once = tonumber(ARGV[7]) > 0
+if once then
+  local seen = redis.call('HGET', KEYS[5], ARGV[6])
+  if seen then return tonumber(seen) end
+end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1] .. ':' .. ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
@@ -35,6 +43,10 @@ if tonumber(ARGV[5]) > 0 then
   local now = redis.call('TIME')
   local due = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[5])
   redis.call('ZADD', KEYS[4], due, ARGV[6] .. ':' .. seq .. ':0')
+end
+if once then
+  redis.call('HSET', KEYS[5], ARGV[6], seq)
+  redis.call('PEXPIRE', KEYS[5], ARGV[7])
 end
 return seq
 ";
@@ -111,6 +123,10 @@ impl RedisStore {
         self.prefixed(format_args!("inbox_ack_{mid}"))
     }
 
+    fn push_key(&self, id: &str) -> String {
+        self.prefixed(format_args!("inbox_push_{id}"))
+    }
+
     fn due_key(&self) -> String {
         self.prefixed(format_args!("inbox_due"))
     }
@@ -136,13 +152,23 @@ fn parse_member(member: &[u8]) -> Option<Kept> {
 
 #[async_trait]
 impl InboxStore for RedisStore {
-    async fn store(&self, mids: &[i64], op: i32, body: &Bytes) -> Result<Vec<u64>, StoreError> {
+    async fn store(
+        &self,
+        mids: &[i64],
+        op: i32,
+        body: &Bytes,
+        id: Option<&str>,
+    ) -> Result<Vec<u64>, StoreError> {
         if mids.is_empty() {
             return Ok(Vec::new());
         }
         let (max, ttl) = (self.inbox.max, self.inbox.ttl.as_secs().max(1));
         let ack_timeout = self.inbox.ack_timeout.map_or(0, |t| t.as_millis().max(1));
         let due_key = self.due_key();
+        let (push_key, id_window) = match id {
+            Some(id) => (self.push_key(id), self.inbox.id_window.as_millis().max(1)),
+            None => (self.push_key(""), 0),
+        };
         let mut pipe = redis::pipe();
         // Loaded once per pipeline, so a Redis that restarted (and forgot
         // its scripts) never fails a push with NOSCRIPT.
@@ -150,17 +176,19 @@ impl InboxStore for RedisStore {
         for mid in mids {
             pipe.cmd("EVALSHA")
                 .arg(self.scripts.store_message.get_hash())
-                .arg(4)
+                .arg(5)
                 .arg(self.seq_key(*mid))
                 .arg(self.inbox_key(*mid))
                 .arg(self.ack_key(*mid))
                 .arg(&due_key)
+                .arg(&push_key)
                 .arg(op)
                 .arg(&body[..])
                 .arg(max)
                 .arg(ttl)
                 .arg(ack_timeout as u64)
-                .arg(*mid);
+                .arg(*mid)
+                .arg(id_window as u64);
         }
         self.run(async |mut conn| pipe.query_async::<Vec<u64>>(&mut conn).await)
             .await

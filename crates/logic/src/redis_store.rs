@@ -99,6 +99,7 @@ impl RedisStore {
                 max: DEFAULT_INBOX_MAX,
                 ttl: DEFAULT_INBOX_TTL,
                 ack_timeout: None,
+                id_window: Duration::from_secs(120),
             },
             scripts: crate::redis_inbox::InboxScripts::default(),
         })

@@ -14,6 +14,7 @@ const LIMITS: InboxLimits = InboxLimits {
     max: 5,
     ttl: Duration::from_secs(2),
     ack_timeout: None,
+    id_window: Duration::from_secs(60),
 };
 
 /// With an offline webhook: messages are due 300 ms after they are stored.
@@ -21,6 +22,7 @@ const TRACKED: InboxLimits = InboxLimits {
     max: 5,
     ttl: Duration::from_secs(30),
     ack_timeout: Some(Duration::from_millis(300)),
+    id_window: Duration::from_secs(60),
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -33,11 +35,17 @@ async fn contract(inbox: Arc<dyn InboxStore>) {
     let body = |text: &'static str| Bytes::from_static(text.as_bytes());
     // Each user has numbering of its own; one push numbers every user.
     assert_eq!(
-        inbox.store(&[1, 2], 1000, &body("a")).await.expect("store"),
+        inbox
+            .store(&[1, 2], 1000, &body("a"), None)
+            .await
+            .expect("store"),
         [1, 1]
     );
     assert_eq!(
-        inbox.store(&[1], 1001, &body("b:c")).await.expect("store"),
+        inbox
+            .store(&[1], 1001, &body("b:c"), None)
+            .await
+            .expect("store"),
         [2]
     );
     let one = inbox.since(1, 0).await.expect("since");
@@ -50,11 +58,24 @@ async fn contract(inbox: Arc<dyn InboxStore>) {
 
     // Only the newest `max` (5) are kept; the numbering goes on.
     for _ in 0..6 {
-        inbox.store(&[1], 1000, &body("x")).await.expect("store");
+        inbox
+            .store(&[1], 1000, &body("x"), None)
+            .await
+            .expect("store");
     }
     let one = inbox.since(1, 0).await.expect("since");
     assert_eq!((one.last, one.oldest), (8, 4));
     assert_eq!(seqs(&one), [4, 5, 6, 7, 8]);
+
+    // The same push stored again under its id: the numbers of the first
+    // time, for the users it had; a user it did not have is numbered.
+    let once = body("once");
+    let first = inbox.store(&[1, 2], 1000, &once, Some("p1")).await;
+    assert_eq!(first.expect("store"), [9, 2]);
+    let again = inbox.store(&[2, 1, 3], 1000, &once, Some("p1")).await;
+    assert_eq!(again.expect("store"), [2, 9, 1]);
+    let one = inbox.since(1, 8).await.expect("since");
+    assert_eq!((one.last, seqs(&one)), (9, vec![9]), "kept once");
 
     // Nobody: nothing kept, nothing numbered.
     assert_eq!(
@@ -69,7 +90,7 @@ async fn contract(inbox: Arc<dyn InboxStore>) {
     .await;
     assert_eq!(
         inbox
-            .store(&[2], 1000, &body("again"))
+            .store(&[2], 1000, &body("again"), None)
             .await
             .expect("store"),
         [1]
@@ -82,7 +103,7 @@ async fn contract(inbox: Arc<dyn InboxStore>) {
 async fn ack_contract(inbox: Arc<dyn InboxStore>) {
     let body = Bytes::from_static(b"m");
     for _ in 0..3 {
-        inbox.store(&[1], 1000, &body).await.expect("store");
+        inbox.store(&[1], 1000, &body, None).await.expect("store");
     }
     assert_eq!(
         inbox.ack(1, 5).await.expect("ack"),
@@ -127,14 +148,14 @@ async fn ack_contract(inbox: Arc<dyn InboxStore>) {
 
     // Settled: never again, while a later message comes due as usual.
     inbox.settle(&again[0], None).await.expect("settle");
-    inbox.store(&[2], 1000, &body).await.expect("store");
+    inbox.store(&[2], 1000, &body, None).await.expect("store");
     let later = claim_some(&inbox).await;
     assert_eq!((later[0].mid, later.len()), (2, 1), "{later:?}");
 
     // Acknowledged after it was stored, before it came due: never claimed.
-    inbox.store(&[3], 1000, &body).await.expect("store");
+    inbox.store(&[3], 1000, &body, None).await.expect("store");
     inbox.ack(3, 1).await.expect("ack");
-    inbox.store(&[4], 1000, &body).await.expect("store");
+    inbox.store(&[4], 1000, &body, None).await.expect("store");
     let last = claim_some(&inbox).await;
     assert_eq!((last[0].mid, last.len()), (4, 1), "{last:?}");
 }
@@ -187,7 +208,9 @@ async fn two_logic_nodes_number_one_user_without_gaps() {
         .map(|i| {
             let inbox = if i % 2 == 0 { a.clone() } else { b.clone() };
             let body = body.clone();
-            tokio::spawn(async move { inbox.store(&[7], 1000, &body).await.expect("store")[0] })
+            tokio::spawn(
+                async move { inbox.store(&[7], 1000, &body, None).await.expect("store")[0] },
+            )
         })
         .collect();
     let mut numbers = Vec::new();

@@ -264,3 +264,92 @@ async fn room_commands(
     }
     got
 }
+
+/// A backend retrying an HTTP push (and a gRPC push) with its idempotency
+/// key, on whichever logic node: delivered once, every retry answered with
+/// the first answer and told so.
+#[tokio::test]
+async fn pushes_retried_with_the_same_idempotency_key_are_delivered_once() {
+    let redis = imcloud_testkit::RedisServer::start();
+    let redis_url = redis.url.clone();
+    let cluster = cluster_of(2, 1, move |_, config| {
+        config.session_store = SessionStoreKind::Redis;
+        config.redis_url = redis_url.clone();
+    })
+    .await;
+    let mut phone = cluster.ws(0, token(64, None, "live://keyed", &[])).await;
+    let mut answers = Vec::new();
+    for attempt in 0..3 {
+        let response = cluster
+            .web
+            .post(format!("{}/im/push/mids", cluster.https[attempt % 2]))
+            .header("idempotency-key", "order-17-shipped")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("mids=64&msg=shipped")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200);
+        let replayed = response.headers().get("idempotent-replayed").is_some();
+        let body: serde_json::Value = response.json().await.expect("json");
+        answers.push((replayed, body["data"].clone()));
+    }
+    assert_eq!(answers[0].1["stored"], 1, "{answers:?}");
+    assert_eq!(
+        answers
+            .iter()
+            .map(|(replayed, _)| *replayed)
+            .collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    assert!(answers.iter().all(|(_, data)| *data == answers[0].1));
+
+    let mut grpc = cluster.logic_grpc().await;
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let mut request = tonic::Request::new(imcloud_proto::logic::PushRoomReq {
+            r#type: "live".to_owned(),
+            room: "keyed".to_owned(),
+            operation: 1000,
+            msg: b"to the room once".to_vec().into(),
+        });
+        request
+            .metadata_mut()
+            .insert("idempotency-key", "room-notice-3".parse().expect("ascii"));
+        let reply = grpc.push_room(request).await.expect("push");
+        assert_eq!(reply.get_ref().nodes, 1);
+        replayed.push(reply.metadata().get("idempotent-replayed").is_some());
+    }
+    assert_eq!(replayed, [false, true, true]);
+
+    // A key nobody can keep is refused, and nothing is delivered.
+    let long = "k".repeat(256);
+    let response = cluster
+        .web
+        .post(format!("{}/im/push/mids", cluster.http))
+        .header("idempotency-key", long)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("mids=64&msg=never")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 400);
+
+    // What the phone got: each push once, and the next one (the user
+    // pushes are held for the resume wait, so the room push may come first).
+    cluster.post_form("/im/push/mids", "mids=64&msg=next").await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let push = phone.recv_push().await.expect("push");
+        got.push((push.seq, String::from_utf8_lossy(&push.body).into_owned()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (0, "to the room once".to_owned()),
+            (1, "shipped".to_owned()),
+            (2, "next".to_owned())
+        ]
+    );
+}

@@ -73,7 +73,10 @@ async fn consume_once(
             pull::Config {
                 durable_name: Some(config.consumer.clone()),
                 ack_policy: AckPolicy::Explicit,
-                max_deliver: config.max_deliver,
+                ack_wait: config.ack_wait,
+                // Counted here (a command waiting for another node's
+                // delivery of its id is not failing): NATS never gives up.
+                max_deliver: -1,
                 ..Default::default()
             },
         )
@@ -91,10 +94,13 @@ async fn consume_once(
     }
     while let Some(message) = messages.next().await {
         let message = message.map_err(|err| IngestError::Consume(err.to_string()))?;
-        let (attempt, pending, published) = message.info().map_or((1, 0, None), |info| {
-            (info.delivered, info.pending, Some(info.published))
-        });
-        let outcome = match handler.handle(&message.payload).await {
+        let (attempt, pending, published, engine_id) =
+            message.info().map_or((1, 0, None, None), |info| {
+                let engine_id = format!("nats:{}:{}", config.stream, info.stream_sequence);
+                let published = Some(info.published);
+                (info.delivered, info.pending, published, Some(engine_id))
+            });
+        let outcome = match handler.handle(&message.payload, engine_id.as_deref()).await {
             Outcome::Retry(reason) if attempt >= config.max_deliver => {
                 Outcome::Reject(format!("failed {attempt} times, the last: {reason}"))
             }
@@ -109,13 +115,13 @@ async fn consume_once(
         let result = match outcome {
             Outcome::Done => "delivered",
             Outcome::Duplicate => "duplicate",
-            Outcome::Retry(_) => "retried",
+            Outcome::Retry(_) | Outcome::Wait(_) => "retried",
             Outcome::Reject(_) => "dead_lettered",
         };
         metrics.ingested(result, pending, latency);
         let acked = match outcome {
             Outcome::Done | Outcome::Duplicate => message.ack().await,
-            Outcome::Retry(reason) => {
+            Outcome::Retry(reason) | Outcome::Wait(reason) => {
                 tracing::debug!(attempt, reason, "ingest command retried");
                 message
                     .ack_with(AckKind::Nak(Some(config.retry_delay)))

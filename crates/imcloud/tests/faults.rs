@@ -6,15 +6,17 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use imcloud_client::{Client, ClientError};
+use imcloud_client::{Device, Event};
 use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastReq, Proto};
 use imcloud_protocol::CloseReason;
 use imcloud_testkit::standalone::scrape;
-use imcloud_testkit::{ConsulServer, RedisServer, eventually};
+use imcloud_testkit::{ConsulServer, NatsServer, RedisServer, eventually};
 use serde_json::Value;
 
 /// A node process; killed (SIGKILL) when dropped.
@@ -388,4 +390,132 @@ async fn consul_registration_is_logged_once() {
         .filter(|line| line["fields"]["message"] == "registered in consul")
         .count();
     assert_eq!(registered, 1, "{lines:#?}");
+}
+
+/// Users with a device online while the commands flow.
+const USERS: i64 = 10;
+/// Commands published, each to every user.
+const COMMANDS: usize = 10_000;
+
+/// 10,000 push-by-mid commands published to NATS JetStream while the one
+/// logic node consuming them is SIGKILLed mid-stream and started again:
+/// every device gets every message exactly once (numbers 1..=10,000, each
+/// body once), and the consumer's lag comes back to 0. Commands carry no
+/// id: a command the dead node had stored but not acknowledged is numbered
+/// again under its stream sequence, which gives it the numbers it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_survives_its_logic_node_killed_mid_stream_and_delivers_every_message_once() {
+    let (redis, nats) = (RedisServer::start(), NatsServer::start());
+    // The logic node comes back on the address the cloud node knows.
+    let logic_grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let cloud = spawn(
+        "cloud",
+        "cloud-ingest",
+        &cloud_config("cloud-i", &format!("\"{logic_grpc}\""), ""),
+        "cloud node serving",
+    );
+    let ws = format!("ws://{}/sub", cloud.fields["ws"]);
+    let logic_toml = format!(
+        "[listen]\ngrpc = \"{logic_grpc}\"\nhttp = \"127.0.0.1:0\"\n\
+         [logic]\nverifier = \"insecure-json\"\nsession_store = \"redis\"\nredis_url = \"{}\"\n\
+         inbox_max = 20000\n\
+         [logic.ingest]\nnats_url = \"{}\"\nretry_delay = \"100ms\"\nack_wait = \"2s\"\n\
+         [[logic.cloud_nodes]]\nid = \"cloud-i\"\ngrpc = \"{}\"\nws = \"{ws}\"\ntcp = \"{}\"\n",
+        redis.url, nats.url, cloud.fields["grpc"], cloud.fields["tcp"]
+    );
+    let logic = spawn("logic", "logic-ingest", &logic_toml, "logic node serving");
+
+    // Every device online before the first command.
+    let handed = Arc::new(AtomicUsize::new(0));
+    let a_quarter = Arc::new(tokio::sync::Notify::new());
+    let mut devices = Vec::new();
+    for mid in 1..=USERS {
+        let ws = ws.clone();
+        let connector = move || {
+            let ws = ws.clone();
+            async move { Client::connect_ws(&ws).await }
+        };
+        let token = serde_json::json!({"mid": mid, "accepts": [1000]}).to_string();
+        let mut device = Device::new(connector, token, 0);
+        device.online().await.expect("online");
+        let (handed, a_quarter) = (handed.clone(), a_quarter.clone());
+        devices.push(tokio::spawn(async move {
+            let mut got = Vec::with_capacity(COMMANDS);
+            while got.len() < COMMANDS {
+                match device.next().await.expect("device") {
+                    Event::Message(packet) => {
+                        got.push((
+                            packet.seq,
+                            String::from_utf8_lossy(&packet.body).into_owned(),
+                        ));
+                    }
+                    Event::Reset { oldest } => panic!("user {mid} reset to {oldest}"),
+                }
+                if handed.fetch_add(1, Ordering::Relaxed) + 1 == COMMANDS * USERS as usize / 4 {
+                    a_quarter.notify_one();
+                }
+            }
+            got
+        }));
+    }
+
+    let client = async_nats::connect(&nats.url).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    eventually("the logic node's stream", async || {
+        js.get_stream("IMCLOUD_PUSH").await.is_ok()
+    })
+    .await;
+    let mids: Vec<i64> = (1..=USERS).collect();
+    let publisher = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for n in 0..COMMANDS {
+            let command = serde_json::json!({"type": "mids", "mids": mids, "msg": format!("m{n}")});
+            let ack = js
+                .publish("imcloud.push", command.to_string().into())
+                .await
+                .expect("publish");
+            acks.push(ack);
+            if acks.len() == 500 {
+                for ack in acks.drain(..) {
+                    ack.await.expect("stored by the stream");
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.expect("stored by the stream");
+        }
+    });
+
+    a_quarter.notified().await;
+    drop(logic); // SIGKILL, mid-stream
+    let logic = spawn(
+        "logic",
+        "logic-ingest-again",
+        &logic_toml,
+        "logic node serving",
+    );
+    publisher.await.expect("published");
+
+    for (mid, device) in (1..=USERS).zip(devices) {
+        let got = tokio::time::timeout(Duration::from_secs(180), device)
+            .await
+            .unwrap_or_else(|_| panic!("user {mid} still waiting for messages"))
+            .expect("device task");
+        let seqs: Vec<u32> = got.iter().map(|(seq, _)| *seq).collect();
+        assert!(
+            seqs.iter().copied().eq(1..=COMMANDS as u32),
+            "user {mid}: numbered 1..={COMMANDS} in order"
+        );
+        let mut bodies: Vec<&str> = got.iter().map(|(_, body)| body.as_str()).collect();
+        bodies.sort_unstable();
+        bodies.dedup();
+        assert_eq!(bodies.len(), COMMANDS, "user {mid}: every message once");
+    }
+    let http = format!("http://{}", logic.fields["http"]);
+    eventually("the lag back to 0", async || {
+        scrape(&http).await.get("imcloud_logic_ingest_pending") == Some(&0.0)
+    })
+    .await;
 }

@@ -125,3 +125,23 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Resul
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
+
+/// The `[logic]` table of a logic or standalone config file (the defaults
+/// without one, which are also `imcloud standalone`'s): what the helper
+/// commands (`token`, `publish`) read.
+pub(crate) fn logic_config(path: Option<&Path>) -> anyhow::Result<LogicConfig> {
+    let Some(path) = path else {
+        return Ok(LogicConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match file.get("logic") {
+        Some(logic) => logic
+            .clone()
+            .try_into()
+            .with_context(|| format!("parsing [logic] of {}", path.display())),
+        None => Ok(LogicConfig::default()),
+    }
+}

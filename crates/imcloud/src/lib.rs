@@ -4,6 +4,7 @@
 
 pub mod config;
 mod overrides;
+mod publish;
 mod standalone;
 mod token;
 
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{CloudFile, LogicFile, StandaloneFile, load};
 pub use overrides::Overrides;
+pub use publish::{PublishArgs, publish};
 pub use standalone::Standalone;
 pub use token::{TokenArgs, mint_token};
 

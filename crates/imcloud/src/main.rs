@@ -57,6 +57,8 @@ enum Mode {
     Standalone,
     /// Print a development token signed with the configuration's secret.
     Token(imcloud::TokenArgs),
+    /// Publish push commands to NATS JetStream (the logic nodes' ingest).
+    Publish(imcloud::PublishArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,9 +105,13 @@ fn on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Mode::Token(args) = &cli.mode {
-        println!("{}", imcloud::mint_token(cli.config.as_deref(), args)?);
-        return Ok(());
+    match cli.mode {
+        Mode::Token(args) => {
+            println!("{}", imcloud::mint_token(cli.config.as_deref(), &args)?);
+            return Ok(());
+        }
+        Mode::Publish(args) => return imcloud::publish(cli.config.as_deref(), args).await,
+        _ => {}
     }
     init_tracing(&cli.log, cli.log_format)?;
     let shutdown = CancellationToken::new();
@@ -133,6 +139,6 @@ async fn main() -> anyhow::Result<()> {
             overrides.standalone(&mut file)?;
             imcloud::run_standalone(file, shutdown).await
         }
-        Mode::Token(_) => Ok(()),
+        Mode::Token(_) | Mode::Publish(_) => Ok(()),
     }
 }

@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
-use imcloud_logic::{Claims, Jwt, JwtAlgorithm, LogicConfig};
+use anyhow::bail;
+use imcloud_logic::{Claims, Jwt, JwtAlgorithm};
+
+use crate::config::logic_config;
 
 /// What the token says.
 #[derive(Clone, Debug, clap::Args)]
@@ -32,25 +34,6 @@ pub struct TokenArgs {
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     humantime_serde::re::humantime::parse_duration(text).map_err(|err| err.to_string())
-}
-
-/// The `[logic]` table of a logic or standalone config file (the defaults
-/// without one, which are also `imcloud standalone`'s).
-fn logic_config(path: Option<&Path>) -> anyhow::Result<LogicConfig> {
-    let Some(path) = path else {
-        return Ok(LogicConfig::default());
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: toml::Value =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    match file.get("logic") {
-        Some(logic) => logic
-            .clone()
-            .try_into()
-            .with_context(|| format!("parsing [logic] of {}", path.display())),
-        None => Ok(LogicConfig::default()),
-    }
 }
 
 /// Signs a token for `args` with the configuration's HS256 secret.

@@ -162,3 +162,61 @@ async fn the_walk_with_the_binary_and_a_sigterm() {
         .expect("wait");
     assert!(exit.success(), "exit status {exit}");
 }
+
+/// The README's ingest walk: standalone consuming from NATS JetStream, and
+/// `imcloud publish` sending a command that arrives; a bad command is
+/// refused by `imcloud publish` itself, with the reason, and not sent.
+#[tokio::test]
+async fn the_ingest_walk_with_imcloud_publish() {
+    let nats = imcloud_testkit::NatsServer::start();
+    let shutdown = CancellationToken::new();
+    let mut file = any_ports();
+    file.logic.ingest.nats_url = nats.url.clone();
+    let imcloud = Standalone::start(file, shutdown.clone())
+        .await
+        .expect("start");
+    let mut client = Client::connect_ws(&imcloud.ws_url).await.expect("connect");
+    let token = imcloud::mint_token(
+        None,
+        &TokenArgs {
+            mid: 123,
+            room: None,
+            accepts: vec![],
+            key: None,
+            platform: None,
+            ttl: std::time::Duration::from_secs(60),
+        },
+    )
+    .expect("token");
+    client.auth(token).await.expect("auth");
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
+    imcloud_testkit::eventually("the stream made by the logic node", async || {
+        js.get_stream("IMCLOUD_PUSH").await.is_ok()
+    })
+    .await;
+
+    let publish = |command: &str| {
+        Command::new(env!("CARGO_BIN_EXE_imcloud"))
+            .args(["publish", "--nats", &nats.url, command])
+            .output()
+            .expect("imcloud publish")
+    };
+    let sent = publish(r#"{"type":"mids","mids":[123],"msg":"from nats"}"#);
+    assert!(sent.status.success(), "{sent:?}");
+    assert_eq!(String::from_utf8_lossy(&sent.stdout), "IMCLOUD_PUSH 1\n");
+    let got = client.recv_push().await.expect("the command arrives");
+    assert_eq!((got.seq, &got.body[..]), (1, &b"from nats"[..]));
+
+    let refused = publish(r#"{"type":"mids","mids":[123]}"#);
+    assert!(!refused.status.success());
+    let says = String::from_utf8_lossy(&refused.stderr);
+    assert!(says.contains("msg is required"), "{says}");
+    let stream = js.get_stream("IMCLOUD_PUSH").await.expect("stream");
+    assert_eq!(
+        stream.cached_info().state.messages,
+        1,
+        "nothing more was sent"
+    );
+    shutdown.cancel();
+    imcloud.wait().await.expect("stops cleanly");
+}

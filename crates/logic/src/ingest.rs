@@ -21,6 +21,12 @@ use std::sync::Arc;
 use crate::idempotent::Idempotent;
 use crate::push::PushError;
 
+/// Why `payload` can never be delivered as a command, if it cannot: what
+/// a publisher checks before publishing.
+pub fn check_command(payload: &[u8]) -> Result<(), String> {
+    Command::parse(payload).map(drop)
+}
+
 /// What to do with a command once handled.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {

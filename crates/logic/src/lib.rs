@@ -33,6 +33,7 @@ pub use config::{
 };
 pub use dedupe::{Dedupe, MemoryDedupe, Taken};
 pub use inbox::{Acked, InboxLimits, InboxStore, Kept, MemoryInbox, NoInbox, Since, Unacked};
+pub use ingest::check_command;
 pub use memory::MemoryStore;
 pub use metrics::Metrics;
 pub use node::{Listeners, Logic, LogicError, Stores, run};

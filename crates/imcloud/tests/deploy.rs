@@ -66,7 +66,7 @@ fn the_compose_cluster_names_configs_that_exist_and_use_consul() {
             continue;
         };
         if service["build"].is_null() {
-            continue; // consul, redis: images of their own
+            continue; // consul, redis, nats: images of their own
         }
         let args: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
         let (mode, config) = mode_and_config(&args);
@@ -89,6 +89,12 @@ fn the_compose_cluster_names_configs_that_exist_and_use_consul() {
         nodes += 1;
     }
     assert_eq!(nodes, 3, "one logic and two cloud nodes");
+
+    // The logic node consumes from the compose file's NATS, with JetStream.
+    let nats = services["nats"]["command"].as_str().expect("a nats service");
+    assert!(nats.split_whitespace().any(|arg| arg == "-js"), "{nats}");
+    let logic: LogicFile = load(Some(&dir.join("logic.toml"))).expect("logic.toml");
+    assert_eq!(logic.logic.ingest.nats_url, "nats://nats:4222");
 }
 
 #[test]

@@ -68,9 +68,10 @@ enum LogFormat {
 }
 
 /// Crates that log every request at INFO and each failed one three times
-/// at ERROR (the Consul client): discovery logs registrations and outages
-/// itself, once each. Quiet unless the filter names them.
-const CHATTY: &[&str] = &["consulrs", "rustify"];
+/// at ERROR (the Consul client), or every reconnection attempt (the NATS
+/// client): discovery and the ingest log registrations and outages
+/// themselves, once each. Quiet unless the filter names them.
+const CHATTY: &[&str] = &["consulrs", "rustify", "async_nats"];
 
 fn init_tracing(spec: &str, format: LogFormat) -> anyhow::Result<()> {
     let mut filter = EnvFilter::try_new(spec).context("--log")?;

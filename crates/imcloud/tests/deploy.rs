@@ -91,7 +91,9 @@ fn the_compose_cluster_names_configs_that_exist_and_use_consul() {
     assert_eq!(nodes, 3, "one logic and two cloud nodes");
 
     // The logic node consumes from the compose file's NATS, with JetStream.
-    let nats = services["nats"]["command"].as_str().expect("a nats service");
+    let nats = services["nats"]["command"]
+        .as_str()
+        .expect("a nats service");
     assert!(nats.split_whitespace().any(|arg| arg == "-js"), "{nats}");
     let logic: LogicFile = load(Some(&dir.join("logic.toml"))).expect("logic.toml");
     assert_eq!(logic.logic.ingest.nats_url, "nats://nats:4222");

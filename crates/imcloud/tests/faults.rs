@@ -392,6 +392,56 @@ async fn consul_registration_is_logged_once() {
     assert_eq!(registered, 1, "{lines:#?}");
 }
 
+/// A NATS outage is one line when it starts and one when it ends on the
+/// logic node, not one per reconnection attempt (the NATS client tries
+/// about ten times in the first two seconds).
+#[tokio::test]
+async fn a_nats_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+    let mut nats = NatsServer::start();
+    let logic = spawn(
+        "logic",
+        "logic-nats",
+        &logic_config("127.0.0.1:0", "").replace(
+            "cloud_nodes = []",
+            &format!(
+                "cloud_nodes = []\n[logic.ingest]\nnats_url = \"{}\"",
+                nats.url
+            ),
+        ),
+        "logic node serving",
+    );
+    let http = format!("http://{}", logic.fields["http"]);
+    let consuming = async |up: f64| {
+        eventually("ingest_consuming", async || {
+            scrape(&http).await.get("imcloud_logic_ingest_consuming") == Some(&up)
+        })
+        .await;
+    };
+    consuming(1.0).await;
+    nats.kill();
+    consuming(0.0).await;
+    // The outage lasts long enough for many reconnection attempts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart();
+    consuming(1.0).await;
+    let lines: Vec<String> = logic
+        .logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .map(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let count = |message: &str| lines.iter().filter(|line| line.contains(message)).count();
+    assert_eq!(count("ingest lost its NATS connection"), 1, "{lines:#?}");
+    assert_eq!(count("ingest reconnected to NATS"), 1, "{lines:#?}");
+    assert!(lines.len() < 10, "{} lines: {lines:#?}", lines.len());
+}
+
 /// Users with a device online while the commands flow.
 const USERS: i64 = 10;
 /// Commands published, each to every user.

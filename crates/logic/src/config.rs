@@ -313,6 +313,11 @@ impl LogicConfig {
                 return invalid(field, "must be longer than zero");
             }
         }
+        if !self.ingest.nats_url.is_empty() && self.dedupe_window <= self.ingest.ack_wait {
+            // A command a dead node held comes back after ack_wait: its id
+            // must still be remembered then.
+            return invalid("dedupe_window", "must be longer than ingest.ack_wait");
+        }
         if self.max_push_targets == 0 || self.max_push_body == 0 {
             return invalid("max_push_targets/max_push_body", "must be at least 1");
         }

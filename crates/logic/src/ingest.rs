@@ -46,6 +46,8 @@ pub(crate) enum Outcome {
 /// What handling a command uses.
 pub(crate) struct Handler {
     pub(crate) pushes: Arc<Idempotent>,
+    /// `max_push_body`: a command is no bigger than an HTTP push may be.
+    pub(crate) max_body: usize,
 }
 
 impl Handler {
@@ -54,6 +56,13 @@ impl Handler {
     /// for the message), so a redelivery after a logic node died
     /// mid-command is numbered as the first delivery was.
     pub(crate) async fn handle(&self, payload: &[u8], engine_id: Option<&str>) -> Outcome {
+        if payload.len() > self.max_body {
+            return Outcome::Reject(format!(
+                "the command is {} bytes, over max_push_body ({} bytes)",
+                payload.len(),
+                self.max_body
+            ));
+        }
         let command = match Command::parse(payload) {
             Ok(command) => command,
             Err(reason) => return Outcome::Reject(reason),

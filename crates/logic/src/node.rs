@@ -243,7 +243,10 @@ impl Logic {
             tokio::spawn(worker.run(stop.clone()));
         }
         if !config.ingest.nats_url.is_empty() {
-            let handler = ingest::Handler { pushes };
+            let handler = ingest::Handler {
+                pushes,
+                max_body: config.max_push_body,
+            };
             tokio::spawn(ingest::consume(
                 config.ingest.clone(),
                 Arc::new(handler),

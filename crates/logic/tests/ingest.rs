@@ -15,6 +15,7 @@ async fn ingesting(nats: &NatsServer) -> Cluster {
     cluster(1, move |config| {
         config.ingest.nats_url = url.clone();
         config.ingest.retry_delay = Duration::from_millis(100);
+        config.max_push_body = 256;
     })
     .await
 }
@@ -49,6 +50,11 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
         .expect("subscribe");
     let mut phone = cluster.ws(0, token(61, None, "live://ingest", &[])).await;
 
+    let too_big = format!(
+        r#"{{"type":"mids","mids":[61],"msg":"{}"}}"#,
+        "x".repeat(300)
+    );
+
     // Published three times (a backend retrying): delivered once.
     for _ in 0..3 {
         let command = r#"{"type":"mids","mids":[61],"msg":"by mid","id":"c1"}"#;
@@ -64,6 +70,9 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
             "reserved",
         ),
         (r#"{"mids":[61],"msg":"m"}"#, "type is required"),
+        (r#"{"type":"mids","mids":[61]}"#, "msg is required"),
+        (r#"{"type":"room","msg":"m"}"#, "room"),
+        (&too_big, "over max_push_body"),
     ] {
         publish(&js, bad).await;
         let letter = dead.next().await.expect("dead letter");
@@ -93,12 +102,12 @@ async fn commands_are_delivered_and_bad_ones_dead_lettered_with_the_reason() {
             count("duplicate"),
             count("dead_lettered")
         ),
-        (2.0, 2.0, 3.0)
+        (2.0, 2.0, 6.0)
     );
     assert_eq!(sample(&samples, "imcloud_logic_ingest_pending"), 0.0);
     assert_eq!(
         sample(&samples, "imcloud_logic_ingest_latency_seconds_count"),
-        7.0
+        10.0
     );
 }
 

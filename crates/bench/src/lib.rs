@@ -3,6 +3,7 @@
 
 pub mod conns;
 pub mod fanout;
+pub mod ingest;
 pub mod push;
 pub mod raw;
 pub mod stats;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use imcloud_bench::fanout::{self, Plan, Publisher};
-use imcloud_bench::{conns, push, raw, token};
+use imcloud_bench::{conns, ingest, push, raw, token};
 use imcloud_logic::DEVELOPMENT_SECRET;
 
 #[derive(Parser)]
@@ -72,6 +72,29 @@ enum Mode {
         /// online users, and the report counts what they received.
         #[arg(long)]
         online: Option<String>,
+    },
+    /// Push commands through NATS JetStream to online clients: throughput
+    /// (rate 0) or publish-to-device latency at a fixed rate.
+    Ingest {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value = "imcloud.push")]
+        subject: String,
+        #[arg(long, default_value = "ws://127.0.0.1:3102/sub")]
+        ws: String,
+        #[arg(long, value_enum, default_value = "mids")]
+        kind: ingest::Kind,
+        #[arg(long, default_value_t = 10_000)]
+        commands: u64,
+        /// Online users, one client each (all in the room for room commands).
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Users named in one mids command.
+        #[arg(long, default_value_t = 1)]
+        per_command: usize,
+        /// Commands per second; 0: as fast as the stream takes them.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
     },
     /// Run the raw WebSocket writer (the reference) until killed.
     Raw {
@@ -146,6 +169,34 @@ async fn main() -> anyhow::Result<()> {
                 token: Arc::new(move |i: usize| token(&secret, i as i64, "")),
             };
             serde_json::to_string(&push::run(plan).await?)?
+        }
+        Mode::Ingest {
+            nats,
+            subject,
+            ws,
+            kind,
+            commands,
+            clients,
+            per_command,
+            rate,
+        } => {
+            let room = if kind == ingest::Kind::Room {
+                ingest::ROOM
+            } else {
+                ""
+            };
+            let plan = ingest::Plan {
+                nats,
+                subject,
+                ws,
+                kind,
+                commands,
+                clients,
+                per_command,
+                rate,
+                token: Arc::new(move |i: usize| token(&secret, i as i64, room)),
+            };
+            serde_json::to_string(&ingest::run(plan).await?)?
         }
         Mode::Raw { ws, http } => {
             let ws = tokio::net::TcpListener::bind(&ws).await?;

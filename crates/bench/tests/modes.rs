@@ -5,13 +5,16 @@ use std::sync::Arc;
 
 use imcloud::{Standalone, StandaloneFile};
 use imcloud_bench::fanout::{self, Plan, Publisher};
-use imcloud_bench::{conns, push, raw, token};
+use imcloud_bench::{conns, ingest, push, raw, token};
 use imcloud_logic::DEVELOPMENT_SECRET;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 async fn standalone() -> (Standalone, CancellationToken) {
-    let mut file = StandaloneFile::default();
+    standalone_with(StandaloneFile::default()).await
+}
+
+async fn standalone_with(mut file: StandaloneFile) -> (Standalone, CancellationToken) {
     let any = "127.0.0.1:0".parse().expect("addr");
     for addr in [
         &mut file.cloud_listen.tcp,
@@ -105,5 +108,46 @@ async fn fanout_push_and_conns_against_imcloud() {
     .expect("conns");
     assert_eq!((report.clients, open.len()), (30, 30));
     assert!(report.kib_per_connection.is_some(), "{report:?}");
+    shutdown.cancel();
+}
+
+/// Commands through a real nats-server: every one reaches its devices, by
+/// mid and by room, and the report counts them.
+#[tokio::test]
+async fn ingest_delivers_every_command_to_the_online_clients() {
+    let nats = imcloud_testkit::NatsServer::start();
+    let mut file = StandaloneFile::default();
+    file.logic.ingest.nats_url = nats.url.clone();
+    let (imcloud, shutdown) = standalone_with(file).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
+    imcloud_testkit::eventually("the stream", async || {
+        js.get_stream("IMCLOUD_PUSH").await.is_ok()
+    })
+    .await;
+    for (kind, room) in [(ingest::Kind::Mids, ""), (ingest::Kind::Room, ingest::ROOM)] {
+        let report = ingest::run(ingest::Plan {
+            nats: nats.url.clone(),
+            subject: "imcloud.push".to_owned(),
+            ws: imcloud.ws_url.clone(),
+            kind,
+            commands: 60,
+            clients: 10,
+            per_command: 3,
+            rate: 0,
+            token: Arc::new(move |i| token(DEVELOPMENT_SECRET, i as i64, room)),
+        })
+        .await
+        .expect("ingest");
+        let deliveries = if kind == ingest::Kind::Mids { 180 } else { 600 };
+        assert_eq!(
+            (report.deliveries, report.delivered),
+            (deliveries, deliveries),
+            "{report:?}"
+        );
+        assert!(
+            report.p50_us > 0 && report.max_us >= report.p99_us,
+            "{report:?}"
+        );
+    }
     shutdown.cancel();
 }

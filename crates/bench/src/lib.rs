@@ -2,6 +2,7 @@
 //! against in-process servers.
 
 pub mod conns;
+pub mod drain;
 pub mod fanout;
 pub mod ingest;
 pub mod push;

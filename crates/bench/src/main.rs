@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use imcloud_bench::fanout::{self, Plan, Publisher};
-use imcloud_bench::{conns, ingest, push, raw, token};
+use imcloud_bench::{conns, drain, ingest, push, raw, token};
 use imcloud_logic::DEVELOPMENT_SECRET;
 
 #[derive(Parser)]
@@ -95,6 +95,16 @@ enum Mode {
         /// Commands per second; 0: as fast as the stream takes them.
         #[arg(long, default_value_t = 0)]
         rate: u32,
+    },
+    /// The reference for `ingest`: a JetStream consumer that only acks.
+    Drain {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value_t = 10_000)]
+        commands: u64,
+        /// Bytes per message (a mids command of imbench ingest is ~60).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
     /// Run the raw WebSocket writer (the reference) until killed.
     Raw {
@@ -198,6 +208,11 @@ async fn main() -> anyhow::Result<()> {
             };
             serde_json::to_string(&ingest::run(plan).await?)?
         }
+        Mode::Drain {
+            nats,
+            commands,
+            size,
+        } => serde_json::to_string(&drain::run(&nats, commands, size).await?)?,
         Mode::Raw { ws, http } => {
             let ws = tokio::net::TcpListener::bind(&ws).await?;
             let http = tokio::net::TcpListener::bind(&http).await?;

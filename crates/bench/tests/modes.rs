@@ -151,3 +151,13 @@ async fn ingest_delivers_every_command_to_the_online_clients() {
     }
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn drain_consumes_every_message() {
+    let nats = imcloud_testkit::NatsServer::start();
+    let report = imcloud_bench::drain::run(&nats.url, 500, 64)
+        .await
+        .expect("drain");
+    assert_eq!(report.commands, 500);
+    assert!(report.commands_per_sec > 0.0, "{report:?}");
+}

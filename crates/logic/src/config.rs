@@ -119,6 +119,10 @@ pub struct IngestConfig {
     /// before NATS gives it to another (the node died mid-command).
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// Commands one logic node delivers at once. Commands for the same
+    /// receiver (user, key, room) still go one after another, in the order
+    /// they were published.
+    pub concurrency: usize,
 }
 
 impl Default for IngestConfig {
@@ -132,6 +136,7 @@ impl Default for IngestConfig {
             max_deliver: 5,
             retry_delay: Duration::from_secs(1),
             ack_wait: Duration::from_secs(30),
+            concurrency: 64,
         }
     }
 }
@@ -317,6 +322,9 @@ impl LogicConfig {
             // A command a dead node held comes back after ack_wait: its id
             // must still be remembered then.
             return invalid("dedupe_window", "must be longer than ingest.ack_wait");
+        }
+        if self.ingest.concurrency == 0 {
+            return invalid("ingest.concurrency", "must be at least 1");
         }
         if self.max_push_targets == 0 || self.max_push_body == 0 {
             return invalid("max_push_targets/max_push_body", "must be at least 1");

@@ -11,9 +11,11 @@
 //! (Kafka) is one more module and nothing else changes.
 
 mod command;
+mod lanes;
 mod nats;
 
 pub(crate) use command::Command;
+pub(crate) use lanes::{Busy, Lanes};
 pub(crate) use nats::consume;
 
 use std::sync::Arc;
@@ -51,22 +53,23 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    /// Parses and delivers one command, once per id within the window. A
-    /// command without an id goes by `engine_id` (the engine's own number
-    /// for the message), so a redelivery after a logic node died
-    /// mid-command is numbered as the first delivery was.
-    pub(crate) async fn handle(&self, payload: &[u8], engine_id: Option<&str>) -> Outcome {
+    /// The command in `payload`, or why it can never be delivered.
+    pub(crate) fn parse(&self, payload: &[u8]) -> Result<Command, String> {
         if payload.len() > self.max_body {
-            return Outcome::Reject(format!(
+            return Err(format!(
                 "the command is {} bytes, over max_push_body ({} bytes)",
                 payload.len(),
                 self.max_body
             ));
         }
-        let command = match Command::parse(payload) {
-            Ok(command) => command,
-            Err(reason) => return Outcome::Reject(reason),
-        };
+        Command::parse(payload)
+    }
+
+    /// Delivers one command, once per id within the window. A command
+    /// without an id goes by `engine_id` (the engine's own number for the
+    /// message), so a redelivery after a logic node died mid-command is
+    /// numbered as the first delivery was.
+    pub(crate) async fn deliver(&self, command: Command, engine_id: Option<&str>) -> Outcome {
         let numbered = command.numbered();
         let id = command.id.as_deref().or(engine_id);
         match self.pushes.push(id, command.target, command.message).await {

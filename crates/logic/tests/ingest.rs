@@ -175,6 +175,58 @@ async fn nats_killed_and_restarted_the_node_consumes_again_and_http_keeps_workin
     assert_eq!(got.seq, 2, "numbered after the synchronous push");
 }
 
+/// Commands run concurrently, but each user's are numbered in the order
+/// they were published: 300 commands alternating between two users and a
+/// room, waiting in the stream while the logic node is stopped, and each
+/// receiver's follow the publish order.
+#[tokio::test]
+async fn each_receiver_gets_its_commands_in_publish_order() {
+    let (nats, redis) = (NatsServer::start(), imcloud_testkit::RedisServer::start());
+    let (nats_url, redis_url) = (nats.url.clone(), redis.url.clone());
+    let mut cluster = cluster(1, move |config| {
+        config.ingest.nats_url = nats_url.clone();
+        // Sessions outlive the logic node's stop.
+        config.session_store = SessionStoreKind::Redis;
+        config.redis_url = redis_url.clone();
+    })
+    .await;
+    let (_, js) = publisher(&nats).await;
+    let mut phones = Vec::new();
+    for mid in [71, 72] {
+        phones.push(cluster.ws(0, token(mid, None, "live://ordered", &[])).await);
+    }
+    cluster.stop_logic(0).await;
+    for n in 0..300 {
+        let command = match n % 3 {
+            0 => format!(r#"{{"type":"mids","mids":[71],"msg":"{n}"}}"#),
+            1 => format!(r#"{{"type":"mids","mids":[72],"msg":"{n}"}}"#),
+            _ => format!(r#"{{"type":"room","room":"live://ordered","msg":"{n}"}}"#),
+        };
+        publish(&js, &command).await;
+    }
+    cluster.start_logic(0).await;
+    for (phone, first) in phones.iter_mut().zip([0, 1]) {
+        let (mut numbered, mut room) = (Vec::new(), Vec::new());
+        while numbered.len() + room.len() < 200 {
+            let push = phone.recv_push().await.expect("push");
+            let n: u32 = String::from_utf8_lossy(&push.body).parse().expect("n");
+            if push.seq == 0 {
+                room.push(n);
+            } else {
+                numbered.push((push.seq, n));
+            }
+        }
+        numbered.sort_unstable();
+        let want: Vec<(u32, u32)> = (0..100).map(|k| (k + 1, first + 3 * k)).collect();
+        assert_eq!(numbered, want, "numbered in publish order");
+        assert_eq!(
+            room,
+            (0..100).map(|k| 2 + 3 * k).collect::<Vec<u32>>(),
+            "the room's in order"
+        );
+    }
+}
+
 /// Two logic nodes sharing Redis pull from the one consumer: each command is
 /// delivered once; with one stopped, the other drains the rest.
 #[tokio::test]

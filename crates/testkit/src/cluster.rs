@@ -171,14 +171,14 @@ impl Cluster {
     /// Stops logic node `i` and starts it again on the same addresses with
     /// the same configuration: a memory store comes back empty.
     pub async fn restart_logic(&mut self, i: usize) {
+        assert!(self.logics[i].logic.is_some(), "running");
+        self.stop_logic(i).await;
+        self.start_logic(i).await;
+    }
+
+    /// Starts stopped logic node `i` again on its addresses.
+    pub async fn start_logic(&mut self, i: usize) {
         let node = &mut self.logics[i];
-        node.shutdown.cancel();
-        node.logic
-            .take()
-            .expect("running")
-            .wait()
-            .await
-            .expect("stopped");
         let listeners = imcloud_logic::Listeners {
             grpc: TcpListener::bind(node.addrs.0).await.expect("rebind grpc"),
             http: TcpListener::bind(node.addrs.1).await.expect("rebind http"),
@@ -189,7 +189,7 @@ impl Cluster {
         );
     }
 
-    /// Stops logic node `i` for good.
+    /// Stops logic node `i` (until [`Cluster::start_logic`]).
     pub async fn stop_logic(&mut self, i: usize) {
         let node = &mut self.logics[i];
         node.shutdown.cancel();

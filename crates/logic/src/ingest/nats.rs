@@ -10,10 +10,11 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, stream};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Handler, Outcome};
+use super::{Busy, Command, Handler, Lanes, Outcome};
 use crate::config::IngestConfig;
 use crate::metrics::Metrics;
 
@@ -92,61 +93,179 @@ async fn consume_once(
     } else {
         info!(stream = %config.stream, subject = %config.subject, consumer = %config.consumer, "ingest consuming");
     }
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|err| IngestError::Consume(err.to_string()))?;
-        let (attempt, pending, published, engine_id) =
-            message.info().map_or((1, 0, None, None), |info| {
-                let engine_id = format!("nats:{}:{}", config.stream, info.stream_sequence);
-                let published = Some(info.published);
-                (info.delivered, info.pending, published, Some(engine_id))
-            });
-        let outcome = match handler.handle(&message.payload, engine_id.as_deref()).await {
-            Outcome::Retry(reason) if attempt >= config.max_deliver => {
-                Outcome::Reject(format!("failed {attempt} times, the last: {reason}"))
+    deliver_all(&client, config, handler, &metrics, &mut messages).await
+}
+
+/// Delivers the consumer's commands, up to `concurrency` at once, each
+/// receiver's in order (see `lanes.rs`), until the consumer fails.
+async fn deliver_all(
+    client: &async_nats::Client,
+    config: &IngestConfig,
+    handler: &Handler,
+    metrics: &Metrics,
+    messages: &mut pull::Stream,
+) -> Result<(), IngestError> {
+    let mut busy = Busy::default();
+    let mut running = FuturesUnordered::new();
+    // A command waiting for its receivers to be free: nothing after it
+    // starts meanwhile, so no receiver's order is overtaken.
+    let mut waiting: Option<(Received, Command, Lanes)> = None;
+    loop {
+        if let Some((_, _, lanes)) = &waiting
+            && busy.free(lanes)
+            && let Some((received, command, lanes)) = waiting.take()
+        {
+            busy.start(&lanes);
+            running.push(deliver(handler, received, command, lanes));
+        }
+        tokio::select! {
+            Some((received, lanes, outcome)) = running.next(), if !running.is_empty() => {
+                busy.finish(&lanes);
+                settle(client, config, metrics, received, outcome).await?;
             }
-            outcome => outcome,
-        };
-        let latency = published.map(|at| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as i128);
-            (now - at.unix_timestamp_nanos()).max(0) as f64 / 1e9
-        });
-        let result = match outcome {
-            Outcome::Done => "delivered",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Retry(_) | Outcome::Wait(_) => "retried",
-            Outcome::Reject(_) => "dead_lettered",
-        };
-        metrics.ingested(result, pending, latency);
-        let acked = match outcome {
-            Outcome::Done | Outcome::Duplicate => message.ack().await,
-            Outcome::Retry(reason) | Outcome::Wait(reason) => {
-                tracing::debug!(attempt, reason, "ingest command retried");
-                message
-                    .ack_with(AckKind::Nak(Some(config.retry_delay)))
-                    .await
+            message = messages.next(), if waiting.is_none() && busy.running() < config.concurrency => {
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    failed => {
+                        // Deliveries under way finish and are settled first:
+                        // dropped, they would only be delivered again.
+                        while let Some((received, lanes, outcome)) = running.next().await {
+                            busy.finish(&lanes);
+                            let _ = settle(client, config, metrics, received, outcome).await;
+                        }
+                        return Err(IngestError::Consume(match failed {
+                            Some(Err(err)) => err.to_string(),
+                            _ => "the consumer's stream ended".to_owned(),
+                        }));
+                    }
+                };
+                let received = Received::new(message, &config.stream);
+                match handler.parse(&received.message.payload) {
+                    Err(reason) => {
+                        settle(client, config, metrics, received, Outcome::Reject(reason)).await?;
+                    }
+                    Ok(command) => {
+                        let lanes = Lanes::of(&command.target);
+                        if busy.free(&lanes) {
+                            busy.start(&lanes);
+                            running.push(deliver(handler, received, command, lanes));
+                        } else {
+                            waiting = Some((received, command, lanes));
+                        }
+                    }
+                }
             }
-            Outcome::Reject(reason) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(REASON_HEADER, reason.as_str());
-                client
-                    .publish_with_headers(
-                        config.dead_letter_subject.clone(),
-                        headers,
-                        message.payload.clone(),
-                    )
-                    .await
-                    .map_err(|err| IngestError::Consume(err.to_string()))?;
-                warn!(reason, "ingest command dead-lettered");
-                message.ack().await
-            }
-        };
-        acked.map_err(|err| IngestError::Consume(err.to_string()))?;
+        }
     }
-    Err(IngestError::Consume(
-        "the consumer's stream ended".to_owned(),
-    ))
+}
+
+/// A message taken from the consumer, with what settling it needs.
+struct Received {
+    message: jetstream::Message,
+    /// This delivery's number (1: the first).
+    attempt: i64,
+    /// Messages left in the consumer after this one (the lag).
+    pending: u64,
+    /// When it was published (ns since the epoch).
+    published: Option<i128>,
+    /// The stream's number for the message, as an idempotency key.
+    engine_id: Option<String>,
+}
+
+impl Received {
+    fn new(message: jetstream::Message, stream: &str) -> Received {
+        let info = message.info().ok().map(|info| {
+            let engine_id = format!("nats:{stream}:{}", info.stream_sequence);
+            let published = info.published.unix_timestamp_nanos();
+            (info.delivered, info.pending, published, engine_id)
+        });
+        let (attempt, pending, published, engine_id) = match info {
+            Some((attempt, pending, published, id)) => {
+                (attempt, pending, Some(published), Some(id))
+            }
+            None => (1, 0, None, None),
+        };
+        Received {
+            message,
+            attempt,
+            pending,
+            published,
+            engine_id,
+        }
+    }
+}
+
+/// Delivers one command; hands back what settling it needs.
+async fn deliver(
+    handler: &Handler,
+    received: Received,
+    command: Command,
+    lanes: Lanes,
+) -> (Received, Lanes, Outcome) {
+    let outcome = handler
+        .deliver(command, received.engine_id.as_deref())
+        .await;
+    (received, lanes, outcome)
+}
+
+/// Acknowledges, retries or dead-letters a handled message, and counts it.
+async fn settle(
+    client: &async_nats::Client,
+    config: &IngestConfig,
+    metrics: &Metrics,
+    received: Received,
+    outcome: Outcome,
+) -> Result<(), IngestError> {
+    let Received {
+        message,
+        attempt,
+        pending,
+        published,
+        ..
+    } = received;
+    let outcome = match outcome {
+        Outcome::Retry(reason) if attempt >= config.max_deliver => {
+            Outcome::Reject(format!("failed {attempt} times, the last: {reason}"))
+        }
+        outcome => outcome,
+    };
+    let latency = published.map(|at| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        (now - at).max(0) as f64 / 1e9
+    });
+    let result = match outcome {
+        Outcome::Done => "delivered",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Retry(_) | Outcome::Wait(_) => "retried",
+        Outcome::Reject(_) => "dead_lettered",
+    };
+    metrics.ingested(result, pending, latency);
+    let acked = match outcome {
+        Outcome::Done | Outcome::Duplicate => message.ack().await,
+        Outcome::Retry(reason) | Outcome::Wait(reason) => {
+            tracing::debug!(attempt, reason, "ingest command retried");
+            message
+                .ack_with(AckKind::Nak(Some(config.retry_delay)))
+                .await
+        }
+        Outcome::Reject(reason) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(REASON_HEADER, reason.as_str());
+            client
+                .publish_with_headers(
+                    config.dead_letter_subject.clone(),
+                    headers,
+                    message.payload.clone(),
+                )
+                .await
+                .map_err(|err| IngestError::Consume(err.to_string()))?;
+            warn!(reason, "ingest command dead-lettered");
+            message.ack().await
+        }
+    };
+    acked.map_err(|err| IngestError::Consume(err.to_string()))
 }
 
 /// Follows the connection: the client reconnects by itself and the consumer

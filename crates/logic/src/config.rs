@@ -112,7 +112,8 @@ pub struct IngestConfig {
     /// Attempts before a command is dead-lettered.
     pub max_deliver: i64,
     /// Delay before a command that failed for a reason that may pass
-    /// (no cloud node reachable, the store down) is tried again.
+    /// (no cloud node reachable, the store down) is tried again; it doubles
+    /// with each failure of the command.
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
     /// How long a command handed to a logic node may go unacknowledged

@@ -244,8 +244,13 @@ async fn settle(
     metrics.ingested(result, pending, latency);
     let acked = match outcome {
         Outcome::Done | Outcome::Duplicate => message.ack().await,
-        Outcome::Retry(reason) | Outcome::Wait(reason) => {
+        Outcome::Retry(reason) => {
             tracing::debug!(attempt, reason, "ingest command retried");
+            let delay = backoff(config.retry_delay, attempt);
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
+        Outcome::Wait(reason) => {
+            tracing::debug!(attempt, reason, "ingest command waits for its id");
             message
                 .ack_with(AckKind::Nak(Some(config.retry_delay)))
                 .await
@@ -266,6 +271,13 @@ async fn settle(
         }
     };
     acked.map_err(|err| IngestError::Consume(err.to_string()))
+}
+
+/// How long a command that failed `attempt` times waits: `retry_delay`,
+/// doubling with each failure (at most 64 times it), so a long outage is not
+/// hammered by every command in the stream.
+fn backoff(retry_delay: Duration, attempt: i64) -> Duration {
+    retry_delay * (1 << (attempt.clamp(1, 7) - 1))
 }
 
 /// Follows the connection: the client reconnects by itself and the consumer
@@ -307,4 +319,16 @@ enum IngestError {
     Setup(String),
     #[error("{0}")]
     Consume(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_doubling_up_to_64_times_the_delay() {
+        let second = Duration::from_secs(1);
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(second, n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+    }
 }

@@ -61,6 +61,7 @@ for round in $(seq "${BENCH_ROUNDS:-3}"); do
   for store in memory redis; do
     run "$store-mids" $store -- --kind mids --clients 1000 --commands 20000
     run "$store-room" $store -- --kind room --clients 100 --commands 20000
+    run "$store-100-rooms" $store -- --kind room --clients 1000 --rooms 100 --commands 20000
     run "$store-mids-at-1000" $store -- --kind mids --clients 1000 --commands 10000 --rate 1000
   done
 done

@@ -26,8 +26,10 @@ pub enum Kind {
     Room,
 }
 
-/// The room the clients join for room commands.
-pub const ROOM: &str = "live://ingest-bench";
+/// The room client `i` joins for room commands, of `rooms`.
+pub fn room_of(i: usize, rooms: usize) -> String {
+    format!("live://ingest-bench-{}", i % rooms.max(1))
+}
 
 /// What to run.
 pub struct Plan {
@@ -40,6 +42,8 @@ pub struct Plan {
     pub clients: usize,
     /// Users named in one mids command (round robin).
     pub per_command: usize,
+    /// Rooms the clients are spread over (room commands go round robin).
+    pub rooms: usize,
     /// Commands per second; 0: as fast as the stream takes them.
     pub rate: u32,
     /// The token of the client of mid `i`.
@@ -54,6 +58,7 @@ pub struct Report {
     pub commands: u64,
     pub clients: usize,
     pub per_command: usize,
+    pub rooms: usize,
     pub rate: u32,
     /// Pushes the clients should receive, and did.
     pub deliveries: u64,
@@ -75,15 +80,16 @@ fn now_nanos() -> u128 {
 
 pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     let clients = plan.clients.max(1);
+    let rooms = plan.rooms.clamp(1, clients);
     let per_command = match plan.kind {
         Kind::Mids => plan.per_command.clamp(1, clients),
-        Kind::Room => clients,
+        Kind::Room => clients / rooms,
     };
     // Round robin: user i gets command n when i is among its targets.
     let expected = |i: usize| -> u64 {
         (0..plan.commands)
             .filter(|n| match plan.kind {
-                Kind::Room => true,
+                Kind::Room => *n as usize % rooms == i % rooms,
                 Kind::Mids => {
                     let first = (*n as usize * per_command) % clients;
                     (i + clients - first) % clients < per_command
@@ -131,7 +137,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                 serde_json::json!({"type": "mids", "mids": mids, "msg": sent.to_string()})
             }
             Kind::Room => {
-                serde_json::json!({"type": "room", "room": ROOM, "msg": sent.to_string()})
+                let room = room_of(n as usize, rooms);
+                serde_json::json!({"type": "room", "room": room, "msg": sent.to_string()})
             }
         };
         in_flight.push_back(
@@ -169,6 +176,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         commands: plan.commands,
         clients,
         per_command,
+        rooms,
         rate: plan.rate,
         deliveries,
         delivered,

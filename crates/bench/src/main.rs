@@ -92,6 +92,9 @@ enum Mode {
         /// Users named in one mids command.
         #[arg(long, default_value_t = 1)]
         per_command: usize,
+        /// Rooms the clients are spread over, for room commands.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
         /// Commands per second; 0: as fast as the stream takes them.
         #[arg(long, default_value_t = 0)]
         rate: u32,
@@ -188,12 +191,16 @@ async fn main() -> anyhow::Result<()> {
             commands,
             clients,
             per_command,
+            rooms,
             rate,
         } => {
-            let room = if kind == ingest::Kind::Room {
-                ingest::ROOM
-            } else {
-                ""
+            let in_rooms = kind == ingest::Kind::Room;
+            let room = move |i: usize| {
+                if in_rooms {
+                    ingest::room_of(i, rooms)
+                } else {
+                    String::new()
+                }
             };
             let plan = ingest::Plan {
                 nats,
@@ -203,8 +210,9 @@ async fn main() -> anyhow::Result<()> {
                 commands,
                 clients,
                 per_command,
+                rooms,
                 rate,
-                token: Arc::new(move |i: usize| token(&secret, i as i64, room)),
+                token: Arc::new(move |i: usize| token(&secret, i as i64, &room(i))),
             };
             serde_json::to_string(&ingest::run(plan).await?)?
         }

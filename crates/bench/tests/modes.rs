@@ -124,7 +124,7 @@ async fn ingest_delivers_every_command_to_the_online_clients() {
         js.get_stream("IMCLOUD_PUSH").await.is_ok()
     })
     .await;
-    for (kind, room) in [(ingest::Kind::Mids, ""), (ingest::Kind::Room, ingest::ROOM)] {
+    for kind in [ingest::Kind::Mids, ingest::Kind::Room] {
         let report = ingest::run(ingest::Plan {
             nats: nats.url.clone(),
             subject: "imcloud.push".to_owned(),
@@ -133,12 +133,20 @@ async fn ingest_delivers_every_command_to_the_online_clients() {
             commands: 60,
             clients: 10,
             per_command: 3,
+            rooms: 2,
             rate: 0,
-            token: Arc::new(move |i| token(DEVELOPMENT_SECRET, i as i64, room)),
+            token: Arc::new(move |i| {
+                let room = match kind {
+                    ingest::Kind::Mids => String::new(),
+                    ingest::Kind::Room => ingest::room_of(i, 2),
+                };
+                token(DEVELOPMENT_SECRET, i as i64, &room)
+            }),
         })
         .await
         .expect("ingest");
-        let deliveries = if kind == ingest::Kind::Mids { 180 } else { 600 };
+        // By mid: 3 users per command. To rooms: 2 rooms of 5 clients.
+        let deliveries = if kind == ingest::Kind::Mids { 180 } else { 300 };
         assert_eq!(
             (report.deliveries, report.delivered),
             (deliveries, deliveries),

@@ -5,13 +5,14 @@
 //! logic node does. The ingest's rate over this is the share of the
 //! ceiling the delivery work leaves.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::stream;
 use futures_util::StreamExt;
 use serde::Serialize;
+
+use crate::jetstream::Publisher;
 
 /// The reference's own stream, made afresh for each run.
 const STREAM: &str = "IMBENCH_DRAIN";
@@ -63,18 +64,11 @@ pub async fn run(nats: &str, commands: u64, size: usize) -> anyhow::Result<Repor
     });
     let payload = bytes::Bytes::from(vec![b'x'; size]);
     let started = Instant::now();
-    let mut in_flight = VecDeque::new();
+    let mut publisher = Publisher::new(js.clone());
     for _ in 0..commands {
-        in_flight.push_back(js.publish(SUBJECT, payload.clone()).await?);
-        if in_flight.len() >= 512
-            && let Some(ack) = in_flight.pop_front()
-        {
-            ack.await?;
-        }
+        publisher.publish(SUBJECT, payload.clone()).await?;
     }
-    for ack in in_flight {
-        ack.await?;
-    }
+    publisher.stored().await?;
     let publish_secs = started.elapsed().as_secs_f64();
     let (count, done) = drained.await??;
     anyhow::ensure!(count == commands, "drained {count} of {commands}");

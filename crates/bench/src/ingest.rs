@@ -7,13 +7,13 @@
 //! publish until the last one reached its devices); at a fixed rate the
 //! latency is what a device sees under that load.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::conns;
+use crate::jetstream::Publisher;
 use crate::stats::histogram;
 
 /// Which command.
@@ -121,9 +121,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     }
 
     let nats = async_nats::connect(&plan.nats).await?;
-    let js = async_nats::jetstream::new(nats);
+    let mut publisher = Publisher::new(async_nats::jetstream::new(nats));
     let started = Instant::now();
-    let mut in_flight = VecDeque::new();
     for n in 0..plan.commands {
         if plan.rate > 0 {
             let due = started + Duration::from_secs_f64(n as f64 / f64::from(plan.rate));
@@ -141,19 +140,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                 serde_json::json!({"type": "room", "room": room, "msg": sent.to_string()})
             }
         };
-        in_flight.push_back(
-            js.publish(plan.subject.clone(), command.to_string().into())
-                .await?,
-        );
-        if in_flight.len() >= 512
-            && let Some(ack) = in_flight.pop_front()
-        {
-            ack.await?;
-        }
+        publisher
+            .publish(&plan.subject, command.to_string().into())
+            .await?;
     }
-    for ack in in_flight {
-        ack.await?;
-    }
+    publisher.stored().await?;
     let publish_secs = started.elapsed().as_secs_f64();
 
     let mut latency = histogram();

@@ -5,6 +5,7 @@ pub mod conns;
 pub mod drain;
 pub mod fanout;
 pub mod ingest;
+mod jetstream;
 pub mod push;
 pub mod raw;
 pub mod stats;

@@ -145,6 +145,52 @@ async fn a_command_whose_cloud_node_is_down_is_retried_then_dead_lettered() {
     );
 }
 
+/// A room command while its cloud node is down is retried (backing off),
+/// and delivered once the node is back: one `BroadcastRoom` reaches it.
+#[tokio::test]
+async fn a_command_whose_cloud_node_is_down_is_delivered_once_it_is_back() {
+    let nats = NatsServer::start();
+    let url = nats.url.clone();
+    let mut cluster = cluster(1, move |config| {
+        config.ingest.nats_url = url.clone();
+        config.ingest.retry_delay = Duration::from_millis(20);
+        config.ingest.max_deliver = 100;
+    })
+    .await;
+    let (_, js) = publisher(&nats).await;
+    cluster.stop_cloud(0).await;
+    publish(&js, r#"{"type":"room","room":"live://back","msg":"later"}"#).await;
+    let http = cluster.http.clone();
+    let count = async |result: &str| {
+        let samples = scrape(&http).await;
+        sample(
+            &samples,
+            &format!("imcloud_logic_ingest_commands_total{{result=\"{result}\"}}"),
+        )
+    };
+    eventually("a retry while the node is down", async || {
+        count("retried").await >= 2.0
+    })
+    .await;
+    cluster.start_cloud(0).await;
+    eventually("delivered once the node is back", async || {
+        count("delivered").await == 1.0
+    })
+    .await;
+    let cloud = cluster.clouds[0].cloud.as_ref().expect("running");
+    let rooms: f64 = cloud
+        .metrics()
+        .render()
+        .lines()
+        .filter(|line| {
+            line.starts_with("imcloud_cloud_grpc_calls_total") && line.contains("BroadcastRoom")
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(rooms, 1.0, "one BroadcastRoom reached the node");
+    assert_eq!(count("dead_lettered").await, 0.0);
+}
+
 #[tokio::test]
 async fn nats_killed_and_restarted_the_node_consumes_again_and_http_keeps_working() {
     let mut nats = NatsServer::start();

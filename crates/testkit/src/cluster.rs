@@ -24,6 +24,9 @@ pub struct CloudNode {
     pub ws_url: String,
     pub tcp: SocketAddr,
     pub shutdown: CancellationToken,
+    config: CloudConfig,
+    /// Its TCP, WebSocket, gRPC and HTTP addresses, to start it again on.
+    addrs: [SocketAddr; 4],
 }
 
 /// A logic node of the cluster, restartable on the same addresses.
@@ -105,6 +108,13 @@ pub async fn cluster_keyed(
         };
         let ws_url = format!("ws://{}/sub", listeners.ws.local_addr().expect("addr"));
         let tcp = listeners.tcp.local_addr().expect("addr");
+        let addrs = [
+            &listeners.tcp,
+            &listeners.ws,
+            &listeners.grpc,
+            &listeners.http,
+        ]
+        .map(|listener| listener.local_addr().expect("addr"));
         let server_id = format!("cloud-{i}");
         known.push(ServiceNode {
             id: server_id.clone(),
@@ -121,12 +131,14 @@ pub async fn cluster_keyed(
             ..CloudConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let cloud = Cloud::start(listeners, config, shutdown.clone()).expect("cloud");
+        let cloud = Cloud::start(listeners, config.clone(), shutdown.clone()).expect("cloud");
         clouds.push(CloudNode {
             cloud: Some(cloud),
             ws_url,
             tcp,
             shutdown,
+            config,
+            addrs,
         });
     }
     let mut started = Vec::new();
@@ -206,6 +218,23 @@ impl Cluster {
         if let Some(cloud) = node.cloud.take() {
             cloud.wait().await.expect("stopped");
         }
+    }
+
+    /// Starts stopped cloud node `i` again on its addresses.
+    pub async fn start_cloud(&mut self, i: usize) {
+        let node = &mut self.clouds[i];
+        let [tcp, ws, grpc, http] = node.addrs;
+        let rebind = async |addr| TcpListener::bind(addr).await.expect("rebind");
+        let listeners = imcloud_cloud::Listeners {
+            tcp: rebind(tcp).await,
+            ws: rebind(ws).await,
+            grpc: rebind(grpc).await,
+            http: rebind(http).await,
+        };
+        node.shutdown = CancellationToken::new();
+        node.cloud = Some(
+            Cloud::start(listeners, node.config.clone(), node.shutdown.clone()).expect("restart"),
+        );
     }
 
     /// Pushes `msg` to `mid` until a push finds the user's session, as it

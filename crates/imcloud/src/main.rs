@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc with a background thread purging freed pages after a second
+/// (its options are built in: `.cargo/config.toml`): memory goes back to
+/// the system once connections leave (glibc's malloc kept a churn peak for
+/// good); measured in BENCHMARKS.md ("Memory after churn").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(version, about = "imcloud: a real-time push gateway")]
 struct Cli {

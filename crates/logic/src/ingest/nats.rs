@@ -107,8 +107,8 @@ async fn deliver_all(
 ) -> Result<(), IngestError> {
     let mut busy = Busy::default();
     let mut running = FuturesUnordered::new();
-    // A command waiting for its receivers to be free: nothing after it
-    // starts meanwhile, so no receiver's order is overtaken.
+    // The next command, waiting for its receivers to be free: nothing after
+    // it starts meanwhile, so no receiver's order is overtaken.
     let mut waiting: Option<(Received, Command, Lanes)> = None;
     loop {
         if let Some((_, _, lanes)) = &waiting
@@ -144,14 +144,10 @@ async fn deliver_all(
                     Err(reason) => {
                         settle(client, config, metrics, received, Outcome::Reject(reason)).await?;
                     }
+                    // Started at the top of the loop once its receivers are free.
                     Ok(command) => {
                         let lanes = Lanes::of(&command.target);
-                        if busy.free(&lanes) {
-                            busy.start(&lanes);
-                            running.push(deliver(handler, received, command, lanes));
-                        } else {
-                            waiting = Some((received, command, lanes));
-                        }
+                        waiting = Some((received, command, lanes));
                     }
                 }
             }

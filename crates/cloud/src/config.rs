@@ -35,8 +35,6 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// acks), so a small buffer keeps idle connections cheap; tungstenite's own
 /// default is 128 KiB per connection.
 pub const DEFAULT_WS_READ_BUFFER: usize = 512;
-/// Default largest op-9 batch frame the writer builds.
-pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// Configuration of one cloud node.
 #[derive(Clone, Debug, Deserialize)]
@@ -94,8 +92,6 @@ pub struct CloudConfig {
     pub drain_jitter: Duration,
     /// tungstenite read buffer per WebSocket connection, in bytes.
     pub ws_read_buffer: usize,
-    /// Largest op-9 batch frame the writer builds, in bytes.
-    pub max_batch_bytes: usize,
     /// The cluster's API key: required on this node's gRPC API and sent to
     /// logic nodes. Required when the gRPC API listens off loopback.
     pub api_key: Secret,
@@ -128,7 +124,6 @@ impl Default for CloudConfig {
             drain_rate: DEFAULT_DRAIN_RATE,
             drain_jitter: DEFAULT_DRAIN_JITTER,
             ws_read_buffer: DEFAULT_WS_READ_BUFFER,
-            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             api_key: Secret::default(),
             demo_page: true,
             demo_api_url: String::new(),
@@ -179,9 +174,6 @@ impl CloudConfig {
             if value.is_zero() {
                 return invalid(field, "must be longer than zero");
             }
-        }
-        if self.max_batch_bytes < imcloud_protocol::HEADER_LEN * 2 {
-            return invalid("max_batch_bytes", "must hold at least one packet");
         }
         Ok(())
     }

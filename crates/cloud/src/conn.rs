@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, RoomId};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,6 +25,7 @@ use crate::logic::AuthError;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::transport::{Transport, TransportError};
+use crate::wire;
 
 /// Time the last words (queued packets and op 6) get before the socket is dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -188,17 +190,22 @@ async fn authenticate<T: Transport>(
         .ok()
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis);
-    let outbox = match resume_wait {
-        Some(_) => Outbox::holding(ctx.limits.send_queue),
-        None => Outbox::new(ctx.limits.send_queue),
-    };
+    let outbox = Arc::new(Outbox::new(
+        ctx.limits.send_queue,
+        T::FRAMING,
+        transport.socket(),
+    ));
+    if resume_wait.is_some() {
+        outbox.hold();
+    }
+    transport.attach(&outbox);
     let session = Session {
         id: ctx.next_id.fetch_add(1, Ordering::Relaxed),
         mid: reply.mid,
         key: key.clone(),
         room: room.clone(),
         heartbeat,
-        outbox: Arc::new(outbox),
+        outbox,
         hold_until: resume_wait.map(|wait| Instant::now() + wait),
         acked: 0,
         bucket: ctx.buckets.for_key(&key).clone(),
@@ -269,8 +276,8 @@ struct Session {
     last_renew: Instant,
     /// Limits client messages in flight to logic; made on the first op 4.
     receives: Option<Arc<Semaphore>>,
-    /// Packets drained from the outbox but not fully written yet.
-    pending: Vec<EncodedPacket>,
+    /// Bytes drained from the outbox but not fully written yet.
+    pending: Vec<Bytes>,
     /// Bytes of `pending` already on the wire: a write abandoned midway
     /// (its client stopped reading) is finished from here before op 6.
     written: usize,
@@ -293,6 +300,7 @@ impl Session {
                 () = self.ctx.shutdown.cut.cancelled() => return End::Cut,
                 () = self.outbox.ready() => {
                     let drained = self.outbox.drain(&mut self.pending);
+                    self.written = drained.written;
                     if let Some(close) = drained.close {
                         return End::Close(close);
                     }
@@ -310,7 +318,7 @@ impl Session {
                         deadline.as_mut().reset(Instant::now() + idle);
                         if self.hold_until.take().is_some() && packet.op != Op::RESUME {
                             // Not resuming: the held pushes go out now.
-                            self.outbox.release(Vec::new(), 0);
+                            self.release(Vec::new(), 0);
                         }
                         // Boxed: client packets are rare (heartbeats), and the
                         // handler's future would otherwise size every idle connection.
@@ -321,7 +329,7 @@ impl Session {
                 },
                 () = &mut deadline => {
                     if self.hold_until.take().is_some() {
-                        self.outbox.release(Vec::new(), 0);
+                        self.release(Vec::new(), 0);
                         deadline.as_mut().reset(started + idle);
                         continue;
                     }
@@ -331,6 +339,15 @@ impl Session {
                     );
                 }
             }
+        }
+    }
+
+    /// Ends the hold on user pushes (see [`Outbox::release`]), counting
+    /// what went straight to the socket.
+    fn release(&self, replay: Vec<EncodedPacket>, replayed: u32) {
+        let (written, oldest) = self.outbox.release(replay, replayed);
+        if written > 0 {
+            self.ctx.metrics.written_directly(written, oldest);
         }
     }
 
@@ -352,6 +369,7 @@ impl Session {
                 self.ctx.metrics.written(self.pending.len(), oldest_push);
                 self.pending.clear();
                 self.written = 0;
+                self.outbox.wrote();
                 Ok(())
             }
             Ok(Err(err)) => Err(End::Gone(err.to_string())),
@@ -378,6 +396,10 @@ async fn finish<T: Transport>(
     mut session: Option<Session>,
     end: End,
 ) {
+    if let Some(session) = &session {
+        // Nothing more reaches the client but what is said below.
+        session.outbox.seal();
+    }
     match &end {
         End::Close(body) => {
             let reason = body.close_reason().unwrap_or(CloseReason::ServerError);
@@ -448,20 +470,28 @@ async fn last_words<T: Transport>(
     body: &CloseBody,
     slow: bool,
 ) -> bool {
-    if let Some(session) = session
-        && !session.pending.is_empty()
-        && (!slow || session.written > 0)
-        && transport
+    if let Some(session) = session {
+        if slow {
+            // Only the packet a write was cut in is owed.
+            let (cut, skip) = wire::locate(&session.pending, session.written);
+            let owed = if skip > 0 { cut + 1 } else { cut };
+            session.pending.truncate(owed);
+        }
+        if transport
             .send(&session.pending, &mut session.written)
             .await
             .is_err()
-    {
-        return false;
+        {
+            return false;
+        }
     }
     let Ok(close) = body.packet().encode() else {
         return false;
     };
-    transport.send(&[close], &mut 0).await.is_ok()
+    transport
+        .send(&[T::FRAMING.frame(&close)], &mut 0)
+        .await
+        .is_ok()
 }
 
 /// Reads and drops whatever a drained client still sends, until it leaves

@@ -20,10 +20,11 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::bucket::{BucketGone, Buckets, Key, deliver};
+use crate::bucket::{BucketGone, Buckets, Key, deliver_group};
 use crate::metrics::{Delivery, Metrics};
-use crate::outbox::{Outbox, Push};
+use crate::outbox::Outbox;
 use crate::pace::paced;
+use crate::wire::Push;
 
 /// What the gRPC API reaches: the buckets to push into, the metrics, the
 /// node's drain (`Close`), and where paced broadcasts run.
@@ -213,7 +214,7 @@ impl Cloud for CloudService {
 /// Delivers to at most `speed` connections per second, in small steps.
 async fn pace(targets: Vec<Arc<Outbox>>, push: Push, speed: u32, metrics: &Metrics) {
     paced(&targets, speed, |group| {
-        let sent = deliver(group, &push);
+        let sent = deliver_group(group, &push, metrics);
         metrics.delivered(Delivery::Broadcast, sent);
     })
     .await;

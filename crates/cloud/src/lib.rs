@@ -20,6 +20,7 @@ mod outbox;
 mod pace;
 mod routes;
 mod transport;
+mod wire;
 mod ws;
 
 pub use config::{CloudConfig, ConfigError};

@@ -155,12 +155,12 @@ impl Default for Metrics {
         );
         registry.register(
             "send_queue_depth",
-            "Packets a connection's writer found queued when it woke: 1 is keeping up",
+            "Packets a connection's task found queued when it woke, i.e. what its socket did not take when pushed (pushes to a socket with room are written straight from the bucket)",
             queue_depth.clone(),
         );
         registry.register(
             "push_latency_seconds",
-            "From a push reaching the gRPC API to its write to the socket (the oldest packet of each write)",
+            "From a push reaching the gRPC API to its write to the socket (the oldest push of each write, or of each burst written straight from a bucket)",
             push_latency.clone(),
         );
         registry.register(
@@ -286,9 +286,15 @@ impl Metrics {
 
     /// One write of `packets`; `oldest_push` is when the oldest push among
     /// them reached the API.
+    /// A connection's task wrote `packets` it had found queued.
     pub(crate) fn written(&self, packets: usize, oldest_push: Option<Instant>) {
-        self.written.inc_by(packets as u64);
         self.queue_depth.observe(packets as f64);
+        self.written_directly(packets, oldest_push);
+    }
+
+    /// `packets` went straight to sockets, nothing queued.
+    pub(crate) fn written_directly(&self, packets: usize, oldest_push: Option<Instant>) {
+        self.written.inc_by(packets as u64);
         if let Some(at) = oldest_push {
             self.push_latency.observe(at.elapsed().as_secs_f64());
         }

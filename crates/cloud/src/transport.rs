@@ -2,13 +2,16 @@
 //! WebSocket behind one trait, so the connection's life is written once.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
+use std::sync::Arc;
 
-use bytes::BytesMut;
-use imcloud_protocol::{CloseBody, EncodedPacket, Packet, PacketCodec, ProtocolError};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use imcloud_protocol::{CloseBody, Packet, PacketCodec, ProtocolError};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
+
+use crate::outbox::Outbox;
+use crate::wire::{self, Framing};
 
 /// Why reading or writing a client failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,18 +64,28 @@ impl From<ProtocolError> for TransportError {
 pub(crate) trait Transport: Send + 'static {
     /// `"tcp"` or `"ws"`, for logs and metrics.
     const NAME: &'static str;
+    /// How packets are framed on this transport's wire.
+    const FRAMING: Framing;
+
+    /// The socket, for writes made straight from a bucket (see
+    /// [`Outbox`]); `None`: every write goes through [`Transport::send`].
+    fn socket(&self) -> Option<Arc<TcpStream>>;
+
+    /// From now on, whatever the transport writes by itself (WebSocket
+    /// pongs and close replies) goes through `outbox`, in turn with the
+    /// packets, so it never cuts into a frame a bucket is writing.
+    fn attach(&mut self, _outbox: &Arc<Outbox>) {}
 
     /// The next packet; `None` when the client closed cleanly.
     fn recv(&mut self) -> impl Future<Output = Option<Result<Packet, TransportError>>> + Send;
 
-    /// Writes the packets in order, in as few writes as the transport
-    /// allows, skipping the first `written` bytes of what they make on the
-    /// wire and counting up `written` as bytes leave. Cancel-safe in that
-    /// sense: a write abandoned midway is finished by calling again with
-    /// the same packets.
+    /// Writes `chunks` (bytes framed for [`Transport::FRAMING`]) in order,
+    /// skipping the first `written` bytes and counting up `written` as
+    /// bytes leave. Cancel-safe in that sense: a write abandoned midway is
+    /// finished by calling again with the same chunks.
     fn send(
         &mut self,
-        packets: &[EncodedPacket],
+        chunks: &[Bytes],
         written: &mut usize,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
@@ -89,15 +102,15 @@ const TCP_READ_CHUNK: usize = 256;
 
 /// Packets back to back on a TCP stream.
 pub(crate) struct TcpTransport {
-    stream: TcpStream,
+    socket: Arc<TcpStream>,
     codec: PacketCodec,
     read_buf: BytesMut,
 }
 
 impl TcpTransport {
-    pub(crate) fn new(stream: TcpStream, max_body: usize) -> Self {
+    pub(crate) fn new(socket: TcpStream, max_body: usize) -> Self {
         TcpTransport {
-            stream,
+            socket: Arc::new(socket),
             codec: PacketCodec::new(max_body),
             read_buf: BytesMut::new(),
         }
@@ -106,6 +119,11 @@ impl TcpTransport {
 
 impl Transport for TcpTransport {
     const NAME: &'static str = "tcp";
+    const FRAMING: Framing = Framing::Tcp;
+
+    fn socket(&self) -> Option<Arc<TcpStream>> {
+        Some(self.socket.clone())
+    }
 
     async fn recv(&mut self) -> Option<Result<Packet, TransportError>> {
         loop {
@@ -119,7 +137,10 @@ impl Transport for TcpTransport {
                 self.read_buf = BytesMut::new();
             }
             self.read_buf.reserve(TCP_READ_CHUNK);
-            match self.stream.read_buf(&mut self.read_buf).await {
+            if let Err(err) = self.socket.readable().await {
+                return Some(Err(TransportError::Io(err)));
+            }
+            match self.socket.try_read_buf(&mut self.read_buf) {
                 Ok(0) => {
                     return match self.codec.decode_eof(&mut self.read_buf) {
                         Ok(None) => None,
@@ -128,48 +149,26 @@ impl Transport for TcpTransport {
                     };
                 }
                 Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Some(Err(TransportError::Io(err))),
             }
         }
     }
 
-    async fn send(
-        &mut self,
-        packets: &[EncodedPacket],
-        written: &mut usize,
-    ) -> Result<(), TransportError> {
-        // Everything queued leaves in one vectored write, straight from the
-        // shared packet buffers: no copy, whatever the fan-out.
-        let mut slices: Vec<IoSlice<'_>> =
-            packets.iter().map(|p| IoSlice::new(p.as_bytes())).collect();
-        write_all_vectored(&mut self.stream, &mut slices, written)
+    async fn send(&mut self, chunks: &[Bytes], written: &mut usize) -> Result<(), TransportError> {
+        wire::write_all(&self.socket, chunks, written)
             .await
             .map_err(TransportError::Io)
     }
 
     async fn shutdown(&mut self, _: Option<&CloseBody>) {
-        let _ = self.stream.shutdown().await;
+        shutdown_write(&self.socket);
     }
 }
 
-/// Writes every slice but the first `written` bytes, in as few `writev`
-/// calls as the kernel allows (`write_all` for slices: tokio has none),
-/// adding what leaves to `written`.
-pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    mut slices: &mut [IoSlice<'_>],
-    written: &mut usize,
-) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, *written);
-    while !slices.is_empty() {
-        let n = writer.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        *written += n;
-        IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
+/// Sends our FIN: the client reads everything written, then the end.
+pub(crate) fn shutdown_write(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 
 /// An in-memory transport for unit tests: packets in through a channel,
@@ -193,6 +192,11 @@ pub(crate) mod memory {
 
     impl Transport for MemoryTransport {
         const NAME: &'static str = "tcp";
+        const FRAMING: Framing = Framing::Tcp;
+
+        fn socket(&self) -> Option<Arc<TcpStream>> {
+            None
+        }
 
         async fn recv(&mut self) -> Option<Result<Packet, TransportError>> {
             self.inbound.recv().await.map(Ok)
@@ -200,14 +204,16 @@ pub(crate) mod memory {
 
         async fn send(
             &mut self,
-            packets: &[EncodedPacket],
+            chunks: &[Bytes],
             written: &mut usize,
         ) -> Result<(), TransportError> {
-            for packet in packets {
-                let decoded = Packet::from_frame(packet.as_bytes().clone(), usize::MAX)
-                    .map_err(TransportError::from)?;
+            // Each chunk is one whole packet: the outbox never splits one
+            // without a socket to write part of it to.
+            for chunk in chunks {
+                let decoded =
+                    Packet::from_frame(chunk.clone(), usize::MAX).map_err(TransportError::from)?;
                 let _ = self.outbound.send(Out::Packet(decoded));
-                *written += packet.len();
+                *written += chunk.len();
             }
             Ok(())
         }

@@ -1,111 +1,92 @@
 //! WebSocket clients: the `/sub` upgrade and packets in binary frames.
 
-use futures_util::{SinkExt, StreamExt};
-use std::io::{IoSlice, Write};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use imcloud_protocol::{CloseBody, EncodedPacket, HEADER_LEN, Packet, batch_header, batch_runs};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use imcloud_protocol::{CloseBody, HEADER_LEN, Packet};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::CloudConfig;
-use crate::transport::{Transport, TransportError, write_all_vectored};
+use crate::outbox::Outbox;
+use crate::transport::{Transport, TransportError, shutdown_write};
+use crate::wire::{self, Framing};
 
 /// The only path clients may upgrade on.
 pub(crate) const PATH: &str = "/sub";
 
 /// A WebSocket client after the upgrade.
 pub(crate) struct WsTransport {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<WsSocket>,
     max_body: usize,
-    max_batch: usize,
 }
 
-/// The bytes before a frame's packets: the WebSocket header of a final,
-/// unmasked binary frame (server to client, formatted by tungstenite), then,
-/// for a run of several packets, the op-9 header that makes them one batch.
-struct FrameHead {
-    bytes: [u8; 10 + HEADER_LEN],
-    len: usize,
+/// The byte stream under tungstenite: reads come from the socket; writes
+/// (the upgrade response, then pongs and close frames) go to the socket
+/// until the connection has an outbox, and through the outbox after.
+pub(crate) struct WsSocket {
+    socket: Arc<TcpStream>,
+    outbox: Option<Arc<Outbox>>,
 }
 
-impl FrameHead {
-    fn new(run: &[EncodedPacket]) -> FrameHead {
-        let inner: usize = run.iter().map(EncodedPacket::len).sum();
-        let batched = run.len() > 1;
-        let payload = if batched { HEADER_LEN + inner } else { inner };
-        let mut bytes = [0; 10 + HEADER_LEN];
-        let header = FrameHeader {
-            opcode: OpCode::Data(Data::Binary),
-            ..FrameHeader::default()
-        };
-        let mut out = &mut bytes[..];
-        // The buffer holds the longest header (10 bytes) and an op-9 header.
-        let _ = header.format(payload as u64, &mut out);
-        if batched {
-            let _ = out.write_all(&batch_header(inner));
+impl AsyncRead for WsSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.socket.poll_read_ready(cx))?;
+            match self.socket.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
         }
-        let len = 10 + HEADER_LEN - out.len();
-        FrameHead { bytes, len }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
     }
 }
 
-/// The socket under a WebSocket, to write frames to by hand. Only made by
-/// [`RawFrames::after_flush`], so nothing can be written before the bytes
-/// tungstenite owes the client (a pong, a close answer): frames never
-/// interleave.
-struct RawFrames<'a> {
-    socket: &'a mut TcpStream,
-}
-
-impl<'a> RawFrames<'a> {
-    /// Flushes what tungstenite owes, then hands out the socket. With
-    /// `mid_write` (a write already started), nothing is flushed: it would
-    /// land inside the frame being written.
-    async fn after_flush(
-        ws: &'a mut WebSocketStream<TcpStream>,
-        mid_write: bool,
-    ) -> Result<RawFrames<'a>, TransportError> {
-        if !mid_write {
-            ws.flush().await.map_err(map_ws_error)?;
+impl AsyncWrite for WsSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(outbox) = &self.outbox {
+            outbox.write_raw(buf);
+            return Poll::Ready(Ok(buf.len()));
         }
-        Ok(RawFrames {
-            socket: ws.get_mut(),
-        })
+        loop {
+            ready!(self.socket.poll_write_ready(cx))?;
+            match self.socket.try_write(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                written => return Poll::Ready(written),
+            }
+        }
     }
 
-    /// Writes `packets` as frames (runs of up to `max_batch` bytes become
-    /// op-9 batches) in one vectored write, header then the shared packet
-    /// buffers: tungstenite would copy every frame into an output buffer
-    /// that it then keeps, sized to the largest burst, for the rest of the
-    /// connection.
-    async fn write(
-        self,
-        packets: &[EncodedPacket],
-        max_batch: usize,
-        written: &mut usize,
-    ) -> Result<(), TransportError> {
-        let frames: Vec<(FrameHead, &[EncodedPacket])> = batch_runs(packets, max_batch)
-            .map(|run| (FrameHead::new(run), run))
-            .collect();
-        let mut slices = Vec::with_capacity(frames.len() + packets.len());
-        for (head, run) in &frames {
-            slices.push(IoSlice::new(head.as_bytes()));
-            slices.extend(run.iter().map(|packet| IoSlice::new(packet.as_bytes())));
-        }
-        write_all_vectored(self.socket, &mut slices, written)
-            .await
-            .map_err(TransportError::Io)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        shutdown_write(&self.socket);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -116,8 +97,6 @@ pub(crate) struct WsSettings {
     pub(crate) read_buffer: usize,
     /// Largest client packet body.
     pub(crate) max_body: usize,
-    /// Largest op-9 batch frame written.
-    pub(crate) max_batch: usize,
 }
 
 impl From<&CloudConfig> for WsSettings {
@@ -125,7 +104,6 @@ impl From<&CloudConfig> for WsSettings {
         WsSettings {
             read_buffer: config.ws_read_buffer,
             max_body: config.max_body,
-            max_batch: config.max_batch_bytes,
         }
     }
 }
@@ -142,8 +120,8 @@ pub(crate) struct Upgrade {
 pub(crate) async fn accept(stream: TcpStream, settings: &WsSettings) -> Result<Upgrade, WsError> {
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(settings.read_buffer)
-        // Frames are written straight through: the writer already gathers
-        // queued packets into one op-9 frame.
+        // Frames are written straight through: tungstenite writes only
+        // control frames, and those take their turn in the outbox.
         .write_buffer_size(0)
         .max_message_size(Some(settings.max_body + HEADER_LEN))
         .max_frame_size(Some(settings.max_body + HEADER_LEN));
@@ -167,13 +145,16 @@ pub(crate) async fn accept(stream: TcpStream, settings: &WsSettings) -> Result<U
         }
         Ok(response)
     };
+    let socket = WsSocket {
+        socket: Arc::new(stream),
+        outbox: None,
+    };
     let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await?;
+        tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(ws_config)).await?;
     Ok(Upgrade {
         transport: WsTransport {
             ws,
             max_body: settings.max_body,
-            max_batch: settings.max_batch,
         },
         cookie,
     })
@@ -219,6 +200,15 @@ fn map_ws_error(err: WsError) -> TransportError {
 
 impl Transport for WsTransport {
     const NAME: &'static str = "ws";
+    const FRAMING: Framing = Framing::Ws;
+
+    fn socket(&self) -> Option<Arc<TcpStream>> {
+        Some(self.ws.get_ref().socket.clone())
+    }
+
+    fn attach(&mut self, outbox: &Arc<Outbox>) {
+        self.ws.get_mut().outbox = Some(outbox.clone());
+    }
 
     async fn recv(&mut self) -> Option<Result<Packet, TransportError>> {
         loop {
@@ -238,21 +228,23 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn send(
-        &mut self,
-        packets: &[EncodedPacket],
-        written: &mut usize,
-    ) -> Result<(), TransportError> {
-        if packets.is_empty() {
-            return Ok(());
-        }
-        RawFrames::after_flush(&mut self.ws, *written > 0)
-            .await?
-            .write(packets, self.max_batch, written)
+    async fn send(&mut self, chunks: &[Bytes], written: &mut usize) -> Result<(), TransportError> {
+        wire::write_all(&self.ws.get_ref().socket, chunks, written)
             .await
+            .map_err(TransportError::Io)
     }
 
     async fn shutdown(&mut self, close: Option<&CloseBody>) {
+        let socket = self.ws.get_mut();
+        if let Some(outbox) = socket.outbox.take() {
+            // Control frames tungstenite queued behind our last packets
+            // (the answer to a client's Close, say) go first; from here on
+            // the connection's task is the only writer, so tungstenite
+            // writes to the socket itself.
+            let mut rest = Vec::new();
+            let mut written = outbox.drain(&mut rest).written;
+            let _ = wire::write_all(&socket.socket, &rest, &mut written).await;
+        }
         if let Some(body) = close {
             let frame = CloseFrame {
                 code: CloseCode::from(body.code),
@@ -271,7 +263,7 @@ impl Transport for WsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imcloud_protocol::{BatchIter, Op};
+    use imcloud_protocol::{EncodedPacket, Op};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 
@@ -304,50 +296,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn queued_packets_leave_as_one_batch_frame() {
-        let config = CloudConfig {
-            max_batch_bytes: 100,
-            ..CloudConfig::default()
-        };
-        let (mut upgrade, client) = upgraded(&config).await;
-        let packets: Vec<EncodedPacket> = (0..4)
-            .map(|seq| {
-                Packet::new(Op(1000), seq, vec![0u8; 20])
-                    .encode()
-                    .expect("encode")
-            })
-            .collect();
-        upgrade
-            .transport
-            .send(&packets[..1], &mut 0)
+    async fn pongs_take_their_turn_behind_pushes_written_from_the_outbox() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/sub", listener.local_addr().expect("addr"));
+        let (pushed_tx, pushed_rx) = tokio::sync::oneshot::channel::<()>();
+        let client = tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let _ = pushed_rx.await;
+            ws.send(Message::Ping(Bytes::from_static(b"hi")))
+                .await
+                .expect("ping");
+            let hello = Packet::new(Op::HEARTBEAT, 1, Vec::new())
+                .encode()
+                .expect("encode");
+            ws.send(Message::Binary(hello.into_bytes()))
+                .await
+                .expect("packet");
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                match ws.next().await {
+                    Some(Ok(message @ (Message::Binary(_) | Message::Pong(_)))) => {
+                        got.push(message)
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("connection ended early: {other:?}"),
+                }
+            }
+            got
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut upgrade = accept(stream, &WsSettings::from(&CloudConfig::default()))
             .await
-            .expect("one");
-        // Three 36-byte packets: two fit a 100-byte batch, the third starts another.
-        upgrade
-            .transport
-            .send(&packets[1..], &mut 0)
-            .await
-            .expect("three");
-        close(upgrade).await;
+            .expect("upgrade");
+        let transport = &mut upgrade.transport;
+        let outbox = Arc::new(Outbox::new(8, Framing::Ws, transport.socket()));
+        transport.attach(&outbox);
+        let push = Packet::new(Op(1000), 0, b"news".to_vec())
+            .encode()
+            .expect("encode");
+        assert_eq!(outbox.push(&push), Ok(true), "written straight away");
+        let _ = pushed_tx.send(());
+        let heartbeat = transport.recv().await.expect("packet").expect("valid");
+        assert_eq!(heartbeat.op, Op::HEARTBEAT);
 
-        let frames = client.await.expect("client");
-        assert_eq!(frames.len(), 3);
-        assert_eq!(
-            &frames[0][..],
-            &packets[0].as_bytes()[..],
-            "one packet goes unbatched"
-        );
-        let outer = Packet::from_frame(frames[1].clone(), 1 << 20).expect("frame");
-        assert_eq!(outer.op, Op::BATCH);
-        let seqs: Vec<u32> = BatchIter::new(outer.body, 1 << 20)
-            .map(|inner| inner.expect("inner").seq)
-            .collect();
-        assert_eq!(seqs, [1, 2]);
-        assert_eq!(
-            &frames[2][..],
-            &packets[3].as_bytes()[..],
-            "a run of one goes unbatched"
-        );
+        let got = client.await.expect("client");
+        assert_eq!(got[0], Message::Binary(push.into_bytes()));
+        assert_eq!(got[1], Message::Pong(Bytes::from_static(b"hi")));
     }
 
     /// Frames of every WebSocket length encoding (7-bit, 16-bit, 64-bit),
@@ -367,7 +363,7 @@ mod tests {
         for packet in &packets {
             upgrade
                 .transport
-                .send(std::slice::from_ref(packet), &mut 0)
+                .send(&[Framing::Ws.frame(packet)], &mut 0)
                 .await
                 .expect("send");
         }

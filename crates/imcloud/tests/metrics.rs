@@ -70,7 +70,9 @@ async fn counters_move_after_a_push() {
     // The auth reply and the push, at least.
     assert!(moved("imcloud_cloud_written_packets_total") >= 2.0);
     assert!(moved("imcloud_cloud_push_latency_seconds_count") >= 1.0);
-    assert!(moved("imcloud_cloud_send_queue_depth_count") >= 1.0);
+    // Observed only when a socket does not take a write at once, which a
+    // reading client's never does here: exported, whatever its count.
+    assert!(cloud_after.contains_key("imcloud_cloud_send_queue_depth_count"));
     assert_eq!(
         moved("imcloud_cloud_grpc_calls_total{method=\"PushMsg\",code=\"OK\"}"),
         1.0

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::{End, MAX_RECEIVES_IN_FLIGHT, Session};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 
 impl Session {
     /// Answers one client packet.
@@ -60,12 +62,11 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a reply like any other packet, so replies and pushes leave in
-    /// order and in the same writes.
+    /// Sends a reply through the outbox like any other packet, so replies
+    /// and pushes leave in order.
     pub(super) fn reply(&self, request: &Packet, op: Op, body: impl Into<Bytes>) {
         if let Ok(encoded) = request.reply(op, body).encode() {
-            // A full queue closes the connection; the loop sees it next.
-            let _ = self.outbox.push(encoded);
+            send(&self.outbox, &self.ctx.metrics, &encoded);
         }
     }
 
@@ -94,6 +95,7 @@ impl Session {
             return;
         };
         let (logic, mid, outbox) = (self.ctx.logic.clone(), self.mid, self.outbox.clone());
+        let metrics = self.ctx.metrics.clone();
         self.ctx.shutdown.background.spawn(async move {
             let body = match logic.receive(mid, &packet).await {
                 Ok(()) => Bytes::new(),
@@ -106,7 +108,7 @@ impl Session {
                 }
             };
             if let Ok(ack) = packet.reply(Op::SEND_MSG_REPLY, body).encode() {
-                let _ = outbox.push(ack);
+                send(&outbox, &metrics, &ack);
             }
             drop(permit);
         });
@@ -184,7 +186,7 @@ impl Session {
         if let Ok(done) = packet.reply(Op::RESUMED, body).encode() {
             replay.push(done);
         }
-        self.outbox.release(replay, seq_of(kept.last));
+        self.release(replay, seq_of(kept.last));
         Ok(())
     }
 
@@ -227,4 +229,12 @@ fn parse_ops(body: &[u8]) -> Result<Vec<u32>, End> {
                 .map_err(|_| End::protocol(format!("{op:?} is not an op number")))
         })
         .collect()
+}
+
+/// Sends one packet of ours (not a push), counting it if it went straight
+/// out. A full queue closes the connection; its loop sees that next.
+fn send(outbox: &Outbox, metrics: &Metrics, packet: &EncodedPacket) {
+    if outbox.push(packet) == Ok(true) {
+        metrics.written_directly(1, None);
+    }
 }

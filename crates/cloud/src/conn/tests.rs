@@ -196,7 +196,7 @@ async fn auth_heartbeat_push_and_a_goodbye() {
         Some(Call::Heartbeat(7, "k7".to_owned()))
     );
 
-    let push = crate::outbox::Push::new(
+    let push = crate::wire::Push::new(
         Packet::new(Op(1000), 0, Bytes::from_static(b"hi"))
             .encode()
             .expect("encode"),
@@ -297,7 +297,7 @@ async fn an_overflowing_queue_closes_as_a_slow_consumer() {
     let mut conn = start();
     conn.authenticated("1:k1:").await;
     let outboxes = conn.ctx.buckets.select(None).await.expect("select");
-    let push = crate::outbox::Push::new(
+    let push = crate::wire::Push::new(
         Packet::new(Op(1000), 0, Bytes::from_static(b"x"))
             .encode()
             .expect("encode"),
@@ -305,7 +305,7 @@ async fn an_overflowing_queue_closes_as_a_slow_consumer() {
     );
     // More than `send_queue` (4) in one go, with no chance to drain between.
     for _ in 0..16 {
-        crate::bucket::deliver(&outboxes, &push);
+        crate::bucket::deliver_group(&outboxes, &push, &conn.ctx.metrics);
     }
     let close = conn.close().await;
     assert_eq!(close.close_reason(), Some(CloseReason::SlowConsumer));
@@ -315,7 +315,7 @@ async fn an_overflowing_queue_closes_as_a_slow_consumer() {
 
 /// A user push numbered `seq`, as logic sends it by key.
 async fn push_user(conn: &Harness, key: &str, seq: u32) {
-    let push = crate::outbox::Push::new(
+    let push = crate::wire::Push::new(
         Packet::new(Op(1000), seq, Bytes::from(format!("m{seq}")))
             .encode()
             .expect("encode"),

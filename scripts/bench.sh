@@ -1,34 +1,70 @@
 #!/usr/bin/env bash
-# Reproduces BENCHMARKS.md: imcloud standalone and the raw WebSocket writer,
-# each in its own process, measured by imbench from a third process.
-# Usage: scripts/bench.sh [CLIENT_COUNTS...]   (default: 1000 5000 10000)
+# Reproduces BENCHMARKS.md's room fan-out table: imcloud standalone against
+# the raw writer (`imbench raw`), the same imbench clients, one fresh server
+# per run, published to through logic's HTTP API (imcloud) or the raw
+# writer's publish socket.
+#
+# Usage: scripts/bench.sh [CLIENT_COUNTS...]        (default: 1000 10000)
+#   RATES="10 50 0"   messages per second, 0 = as fast as delivery allows
+#   FANBENCH=/tmp/fanbench/release/fanbench  also runs ../shared/fanbench's
+#                     harness against imcloud and its own serve-raw, for the
+#                     cross-check (build it as its README says)
+# One JSON line per run goes to $BENCH_OUT (default bench-results.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-counts=("${@:-1000 5000 10000}")
-[ $# -eq 0 ] && counts=(1000 5000 10000)
+counts=("$@")
+[ $# -eq 0 ] && counts=(1000 10000)
+read -r -a rates <<< "${RATES:-10 50 0}"
 cargo build --release -q -p imcloud -p imcloud-bench
 bin=target/release
 out=${BENCH_OUT:-bench-results.jsonl}
 : > "$out"
+ulimit -n 20000
 
-ulimit -n 20000 || true
-"$bin/imcloud" standalone --log warn 2>/dev/null &
-imcloud=$!
-"$bin/imbench" raw --ws 127.0.0.1:4102 --http 127.0.0.1:4104 2>/dev/null &
-raw=$!
-trap 'kill $imcloud $raw 2>/dev/null || true' EXIT
-sleep 1
+server=
+stop() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; server=; }
+trap stop EXIT
+# Waits until something accepts connections on 127.0.0.1:$1.
+listening() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.05; done; }
 
-# Push requests first, on a server with nothing else to do.
-"$bin/imbench" push --requests 50000 --concurrency 64 | tee -a "$out"
+# Messages per run: ~5 s at the fixed rates; at max, enough for ~10 M deliveries.
+messages() {
+  local n=$1 rate=$2
+  if [ "$rate" -eq 0 ]; then echo $(( 10000000 / n )); else echo $(( rate * 5 )); fi
+}
 
 for n in "${counts[@]}"; do
-  "$bin/imbench" conns --clients "$n" --concurrency 64 --pid "$imcloud" | tee -a "$out"
-  for rate in 10 50 0; do
-    messages=$(( rate == 0 ? 200 : rate * 4 ))
-    "$bin/imbench" fanout --clients "$n" --messages "$messages" --rate "$rate" \
-      --ws ws://127.0.0.1:4102/sub --publish raw:http://127.0.0.1:4104 | tee -a "$out"
-    "$bin/imbench" fanout --clients "$n" --messages "$messages" --rate "$rate" \
-      --ws ws://127.0.0.1:3102/sub --publish grpc:127.0.0.1:3109 | tee -a "$out"
+  for rate in "${rates[@]}"; do
+    k=$(messages "$n" "$rate")
+
+    "$bin/imbench" raw --ws 127.0.0.1:4102 --publish 127.0.0.1:4104 2>/dev/null &
+    server=$!; listening 4102; listening 4104
+    "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
+      --ws ws://127.0.0.1:4102/sub --publish raw:127.0.0.1:4104 | tee -a "$out"
+    stop
+
+    "$bin/imcloud" standalone --log warn 2>/dev/null &
+    server=$!; listening 3102; listening 3111
+    "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
+      --ws ws://127.0.0.1:3102/sub --publish http:http://127.0.0.1:3111 | tee -a "$out"
+    stop
+
+    if [ -n "${FANBENCH:-}" ]; then
+      "$FANBENCH" serve-raw --ws 2>/dev/null &
+      server=$!; listening 9100; listening 9101
+      "$FANBENCH" fanout --target raw-ws --conns "$n" --msgs "$k" --rate "$rate" --size 64 \
+        --server-pid "$server" 2>/dev/null | tail -1 | tee -a "$out"
+      # imbench's harness against the same server: the harnesses compared.
+      "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
+        --framing bare --ws ws://127.0.0.1:9100/sub --publish raw:127.0.0.1:9101 | tee -a "$out"
+      stop
+
+      "$bin/imcloud" standalone --log warn 2>/dev/null &
+      server=$!; listening 3102; listening 3111
+      token=$("$bin/imcloud" token --mid 1 --room live://1000 --accepts 1000)
+      "$FANBENCH" fanout --target goim --token "$token" --conns "$n" --msgs "$k" --rate "$rate" \
+        --size 64 --server-pid "$server" 2>/dev/null | tail -1 | tee -a "$out"
+      stop
+    fi
   done
 done

@@ -9,6 +9,7 @@ mod jetstream;
 pub mod push;
 pub mod raw;
 pub mod stats;
+mod wsframe;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

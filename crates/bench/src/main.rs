@@ -40,8 +40,13 @@ enum Mode {
     Fanout {
         #[arg(long, default_value = "ws://127.0.0.1:3102/sub")]
         ws: String,
-        /// `grpc:HOST:PORT` (cloud BroadcastRoom), `http:URL` (logic push), or `raw:URL` (raw writer).
-        #[arg(long, default_value = "grpc:127.0.0.1:3109")]
+        /// What the server's frames carry: goim packets, or bare messages
+        /// (`fanbench serve-raw --ws`).
+        #[arg(long, value_enum, default_value = "goim")]
+        framing: fanout::Framing,
+        /// `http:URL` (logic push), `grpc:HOST:PORT` (cloud BroadcastRoom),
+        /// or `raw:HOST:PORT` (a raw writer's publish socket).
+        #[arg(long, default_value = "http:http://127.0.0.1:3111")]
         publish: String,
         #[arg(long, default_value_t = 1000)]
         clients: usize,
@@ -51,8 +56,12 @@ enum Mode {
         size: usize,
         #[arg(long, default_value_t = 0)]
         rate: u32,
-        #[arg(long, default_value_t = 64)]
-        window: usize,
+        /// At rate 0, messages ahead of full delivery.
+        #[arg(long, default_value_t = 32)]
+        window: u32,
+        /// The server's pid, for its CPU time per delivery.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Push-by-mid requests against the logic HTTP API.
     Push {
@@ -113,8 +122,9 @@ enum Mode {
     Raw {
         #[arg(long, default_value = "127.0.0.1:4102")]
         ws: String,
+        /// Where `[u32 BE len][payload]` messages are published.
         #[arg(long, default_value = "127.0.0.1:4104")]
-        http: String,
+        publish: String,
     },
 }
 
@@ -137,28 +147,32 @@ async fn main() -> anyhow::Result<()> {
         }
         Mode::Fanout {
             ws,
+            framing,
             publish,
             clients,
             messages,
             size,
             rate,
             window,
+            pid,
         } => {
             let publisher = match publish.split_once(':') {
                 Some(("grpc", addr)) => Publisher::CloudGrpc(addr.to_owned(), cli.api_key.clone()),
                 Some(("http", url)) => Publisher::LogicHttp(url.to_owned(), cli.api_key.clone()),
-                Some(("raw", url)) => Publisher::Raw(url.to_owned()),
-                _ => anyhow::bail!("--publish must be grpc:ADDR, http:URL or raw:URL"),
+                Some(("raw", addr)) => Publisher::Raw(addr.to_owned()),
+                _ => anyhow::bail!("--publish must be http:URL, grpc:ADDR or raw:ADDR"),
             };
             let token = Arc::new(move |i: usize| token(&secret, i as i64, fanout::room()));
             let plan = Plan {
                 ws_url: ws,
+                framing,
                 publisher,
                 clients,
                 messages,
                 size,
                 rate,
                 window,
+                server_pid: pid,
                 token,
             };
             serde_json::to_string(&fanout::run(plan).await?)?
@@ -221,15 +235,18 @@ async fn main() -> anyhow::Result<()> {
             commands,
             size,
         } => serde_json::to_string(&drain::run(&nats, commands, size).await?)?,
-        Mode::Raw { ws, http } => {
-            let ws = tokio::net::TcpListener::bind(&ws).await?;
-            let http = tokio::net::TcpListener::bind(&http).await?;
+        Mode::Raw { ws, publish } => {
+            let ws = std::net::TcpListener::bind(&ws)?;
+            let publish = std::net::TcpListener::bind(&publish)?;
             eprintln!(
-                "raw writer: ws://{}/ publish http://{}/publish",
+                "raw writer: ws://{}/ publish {}",
                 ws.local_addr()?,
-                http.local_addr()?
+                publish.local_addr()?
             );
-            raw::serve(ws, http).await?;
+            // Its own single-threaded runtime: the reference is one loop.
+            std::thread::spawn(move || raw::serve(ws, publish))
+                .join()
+                .map_err(|_| anyhow::anyhow!("the raw writer panicked"))??;
             return Ok(());
         }
     };

@@ -10,19 +10,21 @@ pub fn histogram() -> Histogram<u64> {
 
 /// CPU seconds (user + system) this process has used, from /proc.
 pub fn own_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
+    stat_cpu_secs("/proc/self/stat").unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_cpu_secs(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-    let after = stat.rsplit(')').next().unwrap_or("");
+    let after = stat.rsplit(')').next()?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Resident memory of process `pid`, in KiB.

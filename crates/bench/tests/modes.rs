@@ -7,7 +7,6 @@ use imcloud::{Standalone, StandaloneFile};
 use imcloud_bench::fanout::{self, Plan, Publisher};
 use imcloud_bench::{conns, ingest, push, raw, token};
 use imcloud_logic::DEVELOPMENT_SECRET;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 async fn standalone() -> (Standalone, CancellationToken) {
@@ -38,32 +37,42 @@ async fn standalone_with(mut file: StandaloneFile) -> (Standalone, CancellationT
 fn plan(ws_url: String, publisher: Publisher) -> Plan {
     Plan {
         ws_url,
+        framing: fanout::Framing::Goim,
         publisher,
         clients: 20,
         messages: 50,
         size: 64,
         rate: 0,
         window: 8,
+        server_pid: Some(std::process::id()),
         token: Arc::new(|i| token(DEVELOPMENT_SECRET, i as i64, fanout::room())),
     }
 }
 
 #[tokio::test]
 async fn fanout_against_the_raw_writer_loses_nothing() {
-    let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ws = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let publish = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let ws_url = format!("ws://{}/sub", ws.local_addr().expect("addr"));
-    let publish = format!("http://{}", http.local_addr().expect("addr"));
-    tokio::spawn(raw::serve(ws, http));
-    let report = fanout::run(plan(ws_url, Publisher::Raw(publish)))
+    let publish_addr = publish.local_addr().expect("addr").to_string();
+    // The raw writer runs until the process ends, on its own thread.
+    std::thread::spawn(move || raw::serve(ws, publish));
+    let report = fanout::run(plan(ws_url, Publisher::Raw(publish_addr)))
         .await
         .expect("fanout");
     assert_eq!(
-        (report.expected, report.lost, report.duplicated),
-        (1000, 0, 0),
+        (
+            report.expected,
+            report.delivered,
+            report.lost,
+            report.duplicated
+        ),
+        (1000, 1000, 0, 0),
         "{report:?}"
     );
     assert!(report.deliveries_per_sec > 0.0 && report.p99_us >= report.p50_us);
+    assert!(report.deliveries_per_read >= 1.0, "{report:?}");
+    assert!(report.server_cpu_us_per_delivery.is_some(), "{report:?}");
 }
 
 #[tokio::test]

@@ -22,7 +22,10 @@ out=${BENCH_OUT:-bench-results.jsonl}
 ulimit -n 20000
 
 server=
-stop() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; server=; }
+stop() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  server=
+}
 trap stop EXIT
 # Waits until something accepts connections on 127.0.0.1:$1.
 listening() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.05; done; }

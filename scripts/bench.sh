@@ -6,6 +6,8 @@
 #
 # Usage: scripts/bench.sh [CLIENT_COUNTS...]        (default: 1000 10000)
 #   RATES="10 50 0"   messages per second, 0 = as fast as delivery allows
+#   WIRES="ws tcp"    client transports (default ws); tcp: imcloud's TCP port
+#                     against `imbench raw --tcp`
 #   FANBENCH=/tmp/fanbench/release/fanbench  also runs ../shared/fanbench's
 #                     harness against imcloud and its own serve-raw, for the
 #                     cross-check (build it as its README says)
@@ -15,6 +17,7 @@ cd "$(dirname "$0")/.."
 counts=("$@")
 [ $# -eq 0 ] && counts=(1000 10000)
 read -r -a rates <<< "${RATES:-10 50 0}"
+read -r -a wires <<< "${WIRES:-ws}"
 cargo build --release -q -p imcloud -p imcloud-bench
 bin=target/release
 out=${BENCH_OUT:-bench-results.jsonl}
@@ -39,18 +42,25 @@ messages() {
 for n in "${counts[@]}"; do
   for rate in "${rates[@]}"; do
     k=$(messages "$n" "$rate")
+    for wire in "${wires[@]}"; do
+      if [ "$wire" = tcp ]; then
+        raw_url=tcp://127.0.0.1:4101; imcloud_url=tcp://127.0.0.1:3101; framing=tcp
+      else
+        raw_url=ws://127.0.0.1:4102/sub; imcloud_url=ws://127.0.0.1:3102/sub; framing=goim
+      fi
 
-    "$bin/imbench" raw --ws 127.0.0.1:4102 --publish 127.0.0.1:4104 2>/dev/null &
-    server=$!; listening 4102; listening 4104
-    "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
-      --ws ws://127.0.0.1:4102/sub --publish raw:127.0.0.1:4104 | tee -a "$out"
-    stop
+      "$bin/imbench" raw --ws 127.0.0.1:4102 --tcp 127.0.0.1:4101 --publish 127.0.0.1:4104 2>/dev/null &
+      server=$!; listening 4101; listening 4102; listening 4104
+      "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
+        --framing "$framing" --ws "$raw_url" --publish raw:127.0.0.1:4104 | tee -a "$out"
+      stop
 
-    "$bin/imcloud" standalone --log warn 2>/dev/null &
-    server=$!; listening 3102; listening 3111
-    "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
-      --ws ws://127.0.0.1:3102/sub --publish http:http://127.0.0.1:3111 | tee -a "$out"
-    stop
+      "$bin/imcloud" standalone --log warn 2>/dev/null &
+      server=$!; listening 3101; listening 3102; listening 3111
+      "$bin/imbench" fanout --clients "$n" --messages "$k" --rate "$rate" --pid "$server" \
+        --framing "$framing" --ws "$imcloud_url" --publish http:http://127.0.0.1:3111 | tee -a "$out"
+      stop
+    done
 
     if [ -n "${FANBENCH:-}" ]; then
       "$FANBENCH" serve-raw --ws 2>/dev/null &

@@ -23,7 +23,7 @@ use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastRoomReq, Proto};
 use imcloud_protocol::{Op, Packet};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -49,6 +49,9 @@ pub enum Framing {
     /// The message itself (`fanbench serve-raw --ws`); the upgrade is
     /// the subscription.
     Bare,
+    /// goim packets back to back on TCP, no WebSocket (`--ws tcp://ADDR`:
+    /// imcloud's TCP port, `imbench raw --tcp`).
+    Tcp,
 }
 
 /// What to run.
@@ -235,7 +238,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 /// Connects client `i` from its source address, upgrades, and with goim
 /// framing authenticates (op 7) and waits for op 8.
 async fn subscribe(plan: &Plan, i: usize) -> anyhow::Result<TcpStream> {
-    let url = plan.ws_url.strip_prefix("ws://").unwrap_or(&plan.ws_url);
+    let url = plan
+        .ws_url
+        .strip_prefix("ws://")
+        .or_else(|| plan.ws_url.strip_prefix("tcp://"))
+        .unwrap_or(&plan.ws_url);
     let (host, path) = url.split_once('/').unwrap_or((url, ""));
     let addr: SocketAddr = tokio::net::lookup_host(host)
         .await?
@@ -245,6 +252,24 @@ async fn subscribe(plan: &Plan, i: usize) -> anyhow::Result<TcpStream> {
     socket.bind(SocketAddr::new(source(i), 0))?;
     let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
+    if plan.framing == Framing::Tcp {
+        let auth = Packet::new(Op::AUTH, 1, (plan.token)(i)).encode()?;
+        stream.write_all(auth.as_bytes()).await?;
+        let mut buf = Vec::new();
+        while buf.len() < 16 || buf.len() < packet_len(&buf) {
+            anyhow::ensure!(stream.read_buf(&mut buf).await? > 0, "closed before op 8");
+        }
+        anyhow::ensure!(
+            buf.get(8..12) == Some(&Op::AUTH_REPLY.0.to_be_bytes()[..]),
+            "not subscribed: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        anyhow::ensure!(
+            buf.len() == packet_len(&buf),
+            "pushed to before it subscribed"
+        );
+        return Ok(stream);
+    }
     let mut buf = wsframe::client_upgrade(&mut stream, host, &format!("/{path}")).await?;
     if plan.framing == Framing::Goim {
         let auth = Packet::new(Op::AUTH, 1, (plan.token)(i)).encode()?;
@@ -303,7 +328,22 @@ async fn read(
         got.reads += 1;
         let now = (base.elapsed().as_micros() as u32).saturating_add(1);
         let mut arrived = 0;
-        while let Some((op, header, len)) = wsframe::parse_header(&buf[start..filled]) {
+        if framing == Framing::Tcp {
+            while filled - start >= 16 {
+                let len = packet_len(&buf[start..filled]);
+                if filled - start < len {
+                    if len > buf.len() {
+                        buf.resize(len, 0);
+                    }
+                    break;
+                }
+                arrived += got.record_packets(&buf[start..start + len], now);
+                start += len;
+            }
+        }
+        while framing != Framing::Tcp
+            && let Some((op, header, len)) = wsframe::parse_header(&buf[start..filled])
+        {
             if filled - start < header + len {
                 if header + len > buf.len() {
                     buf.resize(header + len, 0);
@@ -319,7 +359,7 @@ async fn read(
             }
             match framing {
                 Framing::Bare => arrived += got.record(payload, now),
-                Framing::Goim => arrived += got.record_packets(payload, now),
+                Framing::Goim | Framing::Tcp => arrived += got.record_packets(payload, now),
             }
         }
         total.fetch_add(arrived, Ordering::Relaxed);
@@ -377,6 +417,15 @@ impl Got {
         }
         new
     }
+}
+
+/// The length of the goim packet at the start of `buf` (at least its header).
+fn packet_len(buf: &[u8]) -> usize {
+    buf.get(..4)
+        .map_or(16, |len| {
+            u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
+        })
+        .max(16)
 }
 
 /// `seq` as 16 hex digits, padded with `.` to `size` bytes.

@@ -38,10 +38,13 @@ enum Mode {
     },
     /// N clients in one room, K messages of S bytes at R/s (0 = max).
     Fanout {
+        /// Where clients connect: `ws://HOST:PORT/sub`, or `tcp://HOST:PORT`
+        /// with `--framing tcp`.
         #[arg(long, default_value = "ws://127.0.0.1:3102/sub")]
         ws: String,
-        /// What the server's frames carry: goim packets, or bare messages
-        /// (`fanbench serve-raw --ws`).
+        /// What the server sends: goim packets in WebSocket frames, bare
+        /// messages in frames (`fanbench serve-raw --ws`), or goim packets
+        /// on TCP.
         #[arg(long, value_enum, default_value = "goim")]
         framing: fanout::Framing,
         /// `http:URL` (logic push), `grpc:HOST:PORT` (cloud BroadcastRoom),
@@ -125,6 +128,9 @@ enum Mode {
         /// Where `[u32 BE len][payload]` messages are published.
         #[arg(long, default_value = "127.0.0.1:4104")]
         publish: String,
+        /// Also serve TCP clients here (goim packets back to back).
+        #[arg(long)]
+        tcp: Option<String>,
     },
 }
 
@@ -235,16 +241,19 @@ async fn main() -> anyhow::Result<()> {
             commands,
             size,
         } => serde_json::to_string(&drain::run(&nats, commands, size).await?)?,
-        Mode::Raw { ws, publish } => {
-            let ws = std::net::TcpListener::bind(&ws)?;
-            let publish = std::net::TcpListener::bind(&publish)?;
+        Mode::Raw { ws, publish, tcp } => {
+            let listeners = raw::Listeners {
+                ws: std::net::TcpListener::bind(&ws)?,
+                tcp: tcp.map(std::net::TcpListener::bind).transpose()?,
+                publish: std::net::TcpListener::bind(&publish)?,
+            };
             eprintln!(
                 "raw writer: ws://{}/ publish {}",
-                ws.local_addr()?,
-                publish.local_addr()?
+                listeners.ws.local_addr()?,
+                listeners.publish.local_addr()?
             );
             // Its own single-threaded runtime: the reference is one loop.
-            std::thread::spawn(move || raw::serve(ws, publish))
+            std::thread::spawn(move || raw::serve(listeners))
                 .join()
                 .map_err(|_| anyhow::anyhow!("the raw writer panicked"))??;
             return Ok(());

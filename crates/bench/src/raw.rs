@@ -11,7 +11,8 @@
 //! the token not checked), so the same harness measures both.
 //!
 //! Publishing: `[u32 BE length][payload]` messages on a TCP connection to
-//! the publish address (as `fanbench serve-raw` takes them).
+//! the publish address (as `fanbench serve-raw` takes them). With `--tcp`,
+//! TCP clients get the same packets back to back, as on imcloud's TCP port.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -30,27 +31,44 @@ const MAX_SLICES: usize = 64;
 /// Frames a connection may fall behind by before it is dropped.
 const MAX_BACKLOG: usize = 100_000;
 
+/// Where clients come in: WebSocket, and optionally plain TCP (goim
+/// packets back to back, as on imcloud's TCP port).
+pub struct Listeners {
+    pub ws: std::net::TcpListener,
+    pub tcp: Option<std::net::TcpListener>,
+    pub publish: std::net::TcpListener,
+}
+
 /// Runs the raw writer on the current thread until the process is killed.
-pub fn serve(ws: std::net::TcpListener, publish: std::net::TcpListener) -> anyhow::Result<()> {
-    ws.set_nonblocking(true)?;
-    publish.set_nonblocking(true)?;
+pub fn serve(listeners: Listeners) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
-            let (ws, publish) = (TcpListener::from_std(ws)?, TcpListener::from_std(publish)?);
+            let listen = |listener: std::net::TcpListener| {
+                listener.set_nonblocking(true)?;
+                TcpListener::from_std(listener)
+            };
             let (joined_tx, joined) = mpsc::unbounded_channel();
             let (published_tx, published) = mpsc::unbounded_channel();
-            tokio::spawn(accept_clients(ws, joined_tx));
-            tokio::spawn(accept_publishers(publish, published_tx));
+            tokio::spawn(accept_clients(
+                listen(listeners.ws)?,
+                false,
+                joined_tx.clone(),
+            ));
+            if let Some(tcp) = listeners.tcp {
+                tokio::spawn(accept_clients(listen(tcp)?, true, joined_tx));
+            }
+            tokio::spawn(accept_publishers(listen(listeners.publish)?, published_tx));
             fan_out(joined, published).await;
             Ok(())
         })
 }
 
-/// A subscribed client: its socket and what it has not taken yet.
+/// A subscribed client: its socket, its wire, what it has not taken yet.
 struct Conn {
     socket: Arc<TcpStream>,
+    tcp: bool,
     backlog: Arc<Mutex<Backlog>>,
 }
 
@@ -70,7 +88,7 @@ async fn fan_out(
     mut published: mpsc::UnboundedReceiver<Vec<Bytes>>,
 ) {
     let mut conns: Vec<Conn> = Vec::new();
-    let mut frames = Vec::new();
+    let (mut packets, mut frames) = (Vec::new(), Vec::new());
     loop {
         tokio::select! {
             conn = joined.recv() => match conn {
@@ -79,13 +97,19 @@ async fn fan_out(
             },
             batch = published.recv() => {
                 let Some(batch) = batch else { return };
-                frames.extend(batch);
+                packets.extend(batch);
                 while let Ok(batch) = published.try_recv() {
-                    frames.extend(batch);
+                    packets.extend(batch);
                 }
-                let slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
-                conns.retain(|conn| offer(conn, &frames, &slices));
-                drop(slices);
+                frames.extend(packets.iter().map(|packet: &Bytes| frame(packet)));
+                let tcp: Vec<IoSlice<'_>> = packets.iter().map(|p| IoSlice::new(p)).collect();
+                let ws: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+                conns.retain(|conn| match conn.tcp {
+                    true => offer(conn, &packets, &tcp),
+                    false => offer(conn, &frames, &ws),
+                });
+                drop((tcp, ws));
+                packets.clear();
                 frames.clear();
             }
         }
@@ -167,7 +191,7 @@ async fn write_backlog(socket: Arc<TcpStream>, backlog: Arc<Mutex<Backlog>>) {
     backlog.lock().expect("backlog lock").dead = true;
 }
 
-async fn accept_clients(listener: TcpListener, joined: mpsc::UnboundedSender<Conn>) {
+async fn accept_clients(listener: TcpListener, tcp: bool, joined: mpsc::UnboundedSender<Conn>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, most likely: wait, don't die.
@@ -176,19 +200,33 @@ async fn accept_clients(listener: TcpListener, joined: mpsc::UnboundedSender<Con
         };
         let joined = joined.clone();
         tokio::spawn(async move {
-            if let Ok(conn) = subscribe(stream).await {
+            if let Ok(conn) = subscribe(stream, tcp).await {
                 let _ = joined.send(conn);
             }
         });
     }
 }
 
-/// The upgrade, then op 7 answered by op 8 like imcloud.
-async fn subscribe(mut stream: TcpStream) -> anyhow::Result<Conn> {
+/// The upgrade (WebSocket), then op 7 answered by op 8 like imcloud.
+async fn subscribe(mut stream: TcpStream, tcp: bool) -> anyhow::Result<Conn> {
     stream.set_nodelay(true)?;
-    let mut buf = wsframe::server_upgrade(&mut stream).await?;
-    let (_, header, len) = wsframe::read_frame(&mut stream, &mut buf).await?;
-    let auth = Packet::from_frame(Bytes::copy_from_slice(&buf[header..header + len]), 4096)?;
+    let auth = if tcp {
+        let mut buf = BytesMut::new();
+        let len = loop {
+            if buf.len() >= 4 {
+                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if buf.len() >= len {
+                    break len;
+                }
+            }
+            anyhow::ensure!(stream.read_buf(&mut buf).await? > 0, "closed before auth");
+        };
+        Packet::from_frame(buf.split_to(len).freeze(), 4096)?
+    } else {
+        let mut buf = wsframe::server_upgrade(&mut stream).await?;
+        let (_, header, len) = wsframe::read_frame(&mut stream, &mut buf).await?;
+        Packet::from_frame(Bytes::copy_from_slice(&buf[header..header + len]), 4096)?
+    };
     anyhow::ensure!(auth.op == Op::AUTH, "the first packet must be auth");
     let reply = auth
         .reply(
@@ -196,9 +234,15 @@ async fn subscribe(mut stream: TcpStream) -> anyhow::Result<Conn> {
             r#"{"mid":0,"key":"raw","room_id":"","heartbeat":30}"#,
         )
         .encode()?;
-    stream.write_all(&frame(reply.as_bytes())).await?;
+    let reply = if tcp {
+        reply.into_bytes()
+    } else {
+        frame(reply.as_bytes())
+    };
+    stream.write_all(&reply).await?;
     Ok(Conn {
         socket: Arc::new(stream),
+        tcp,
         backlog: Arc::default(),
     })
 }
@@ -216,7 +260,8 @@ async fn accept_publishers(listener: TcpListener, published: mpsc::UnboundedSend
     }
 }
 
-/// Each `[len][payload]` becomes one frame, encoded once for everyone.
+/// Each `[len][payload]` becomes one packet, encoded once for everyone
+/// (and framed once for WebSocket clients by the loop).
 async fn read_published(mut stream: TcpStream, published: mpsc::UnboundedSender<Vec<Bytes>>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while matches!(stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
@@ -229,7 +274,7 @@ async fn read_published(mut stream: TcpStream, published: mpsc::UnboundedSender<
             buf.advance(4);
             let payload = buf.split_to(len).freeze();
             if let Ok(packet) = Packet::new(Op(1000), 0, payload).encode() {
-                batch.push(frame(packet.as_bytes()));
+                batch.push(packet.into_bytes());
             }
         }
         if !batch.is_empty() && published.send(batch).is_err() {

@@ -51,13 +51,19 @@ fn plan(ws_url: String, publisher: Publisher) -> Plan {
 
 #[tokio::test]
 async fn fanout_against_the_raw_writer_loses_nothing() {
-    let ws = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let publish = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let ws_url = format!("ws://{}/sub", ws.local_addr().expect("addr"));
-    let publish_addr = publish.local_addr().expect("addr").to_string();
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listeners = raw::Listeners {
+        ws: bind(),
+        tcp: Some(bind()),
+        publish: bind(),
+    };
+    let addr = |listener: &std::net::TcpListener| listener.local_addr().expect("addr");
+    let ws_url = format!("ws://{}/sub", addr(&listeners.ws));
+    let tcp_url = format!("tcp://{}", listeners.tcp.as_ref().map(addr).expect("tcp"));
+    let publish = addr(&listeners.publish).to_string();
     // The raw writer runs until the process ends, on its own thread.
-    std::thread::spawn(move || raw::serve(ws, publish));
-    let report = fanout::run(plan(ws_url, Publisher::Raw(publish_addr)))
+    std::thread::spawn(move || raw::serve(listeners));
+    let report = fanout::run(plan(ws_url, Publisher::Raw(publish.clone())))
         .await
         .expect("fanout");
     assert_eq!(
@@ -73,6 +79,15 @@ async fn fanout_against_the_raw_writer_loses_nothing() {
     assert!(report.deliveries_per_sec > 0.0 && report.p99_us >= report.p50_us);
     assert!(report.deliveries_per_read >= 1.0, "{report:?}");
     assert!(report.server_cpu_us_per_delivery.is_some(), "{report:?}");
+
+    let mut tcp = plan(tcp_url, Publisher::Raw(publish));
+    tcp.framing = fanout::Framing::Tcp;
+    let report = fanout::run(tcp).await.expect("fanout over TCP");
+    assert_eq!(
+        (report.delivered, report.lost, report.duplicated),
+        (1000, 0, 0),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -90,6 +105,18 @@ async fn fanout_push_and_conns_against_imcloud() {
         "{report:?}"
     );
     assert_eq!(report.target, "imcloud-http");
+
+    let mut tcp = plan(
+        format!("tcp://{}", imcloud.tcp),
+        Publisher::LogicHttp(imcloud.api_url.clone(), String::new()),
+    );
+    tcp.framing = fanout::Framing::Tcp;
+    let report = fanout::run(tcp).await.expect("fanout over TCP");
+    assert_eq!(
+        (report.delivered, report.lost, report.duplicated),
+        (1000, 0, 0),
+        "{report:?}"
+    );
 
     let report = push::run(push::Plan {
         api: imcloud.api_url.clone(),

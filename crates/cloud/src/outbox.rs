@@ -155,8 +155,10 @@ impl Outbox {
         (written, oldest.filter(|_| written > 0))
     }
 
-    /// Sends a reply or an ack without waiting (see [`Outbox::deliver`]).
-    /// Returns whether it went straight to the socket.
+    /// Sends a reply or an ack without waiting: straight to the socket
+    /// when nobody else is writing and nothing is queued, else behind what
+    /// is. A full queue closes the connection as with pushes. Returns
+    /// whether it went straight to the socket.
     pub(crate) fn push(&self, packet: &EncodedPacket) -> Result<bool, Rejected> {
         let framed = self.framing.frame(packet);
         let mut state = self.lock();
@@ -417,7 +419,9 @@ impl Outbox {
             state.task_writes = false;
         }
     }
-    /// Waits until there is something to drain: a packet or a close.
+
+    /// Waits until the task has something to drain: a packet nobody else
+    /// will write, or a close.
     pub(crate) async fn ready(&self) {
         self.wait(|state| (!state.queue.is_empty() && !state.flushing) || state.close.is_some())
             .await

@@ -25,7 +25,8 @@ use imcloud_protocol::{Op, Packet};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::timeout;
 
 use crate::stats::{cpu_secs, histogram, own_cpu_secs, source};
 use crate::wsframe;
@@ -138,7 +139,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 
     let cpu_before = (own_cpu_secs(), plan.server_pid.and_then(cpu_secs));
     let base = Instant::now();
-    let total = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(Progress::default());
     let sockets: Vec<Arc<TcpStream>> = subs.into_iter().map(Arc::new).collect();
     let readers: Vec<_> = sockets
         .iter()
@@ -162,14 +163,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 
     // Until everything arrived, or nothing more does.
     let expected = subscribed as u64 * u64::from(plan.messages);
-    let (mut seen, mut quiet_since) = (total.load(Ordering::Relaxed), Instant::now());
-    while seen < expected && quiet_since.elapsed() < DRAIN_TIMEOUT {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let now = total.load(Ordering::Relaxed);
-        if now != seen {
-            (seen, quiet_since) = (now, Instant::now());
-        }
-    }
+    total.until(expected, DRAIN_TIMEOUT).await;
     for socket in &sockets {
         let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Both);
     }
@@ -289,6 +283,39 @@ async fn subscribe(plan: &Plan, i: usize) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Deliveries counted by every client (one add per read), and a wake-up
+/// for whoever waits on them: the publisher's window, the final drain.
+#[derive(Default)]
+struct Progress {
+    delivered: AtomicU64,
+    changed: Notify,
+}
+
+impl Progress {
+    fn add(&self, deliveries: u64) {
+        if deliveries > 0 {
+            self.delivered.fetch_add(deliveries, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits until `count` deliveries were made, or none came for `quiet`;
+    /// says whether the count was reached.
+    async fn until(&self, count: u64, quiet: Duration) -> bool {
+        loop {
+            // `notify_one` leaves a permit when nobody waits: an add between
+            // the check and the wait still wakes this.
+            let changed = self.changed.notified();
+            if self.delivered.load(Ordering::Relaxed) >= count {
+                return true;
+            }
+            if timeout(quiet, changed).await.is_err() {
+                return self.delivered.load(Ordering::Relaxed) >= count;
+            }
+        }
+    }
+}
+
 /// What one client received.
 struct Got {
     /// Per message: when it arrived (µs since the run's start, + 1); 0: never.
@@ -305,7 +332,7 @@ async fn read(
     framing: Framing,
     base: Instant,
     messages: u32,
-    total: Arc<AtomicU64>,
+    total: Arc<Progress>,
 ) -> Got {
     let mut got = Got {
         arrived: vec![0; messages as usize],
@@ -362,7 +389,7 @@ async fn read(
                 Framing::Goim | Framing::Tcp => arrived += got.record_packets(payload, now),
             }
         }
-        total.fetch_add(arrived, Ordering::Relaxed);
+        total.add(arrived);
         // Keep the partial frame, at the front.
         buf.copy_within(start..filled, 0);
         (filled, start) = (filled - start, 0);
@@ -441,7 +468,7 @@ async fn publish(
     plan: &Plan,
     base: Instant,
     subscribed: u64,
-    total: &AtomicU64,
+    total: &Progress,
     sent: &Arc<Vec<AtomicU64>>,
 ) -> anyhow::Result<u64> {
     let mut sink = Sink::open(&plan.publisher).await?;
@@ -453,13 +480,12 @@ async fn publish(
         } else if let Some(behind) = seq.checked_sub(plan.window) {
             // Messages 0..=behind must have reached everyone.
             let needed = (u64::from(behind) + 1) * subscribed;
-            let waited = Instant::now();
-            while total.load(Ordering::Relaxed) < needed {
-                if waited.elapsed() > Duration::from_secs(1) {
-                    stalls += 1;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_micros(100)).await;
+            let patience = Duration::from_secs(1);
+            if !matches!(
+                timeout(patience, total.until(needed, patience)).await,
+                Ok(true)
+            ) {
+                stalls += 1;
             }
         }
         sent[seq as usize].store(base.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);

@@ -49,6 +49,17 @@ fn plan(ws_url: String, publisher: Publisher) -> Plan {
     }
 }
 
+/// Runs `plan` with TCP clients: every message reaches every client once.
+async fn over_tcp(mut plan: Plan) {
+    plan.framing = fanout::Framing::Tcp;
+    let report = fanout::run(plan).await.expect("fanout over TCP");
+    assert_eq!(
+        (report.delivered, report.lost, report.duplicated),
+        (1000, 0, 0),
+        "{report:?}"
+    );
+}
+
 #[tokio::test]
 async fn fanout_against_the_raw_writer_loses_nothing() {
     let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -80,14 +91,7 @@ async fn fanout_against_the_raw_writer_loses_nothing() {
     assert!(report.deliveries_per_read >= 1.0, "{report:?}");
     assert!(report.server_cpu_us_per_delivery.is_some(), "{report:?}");
 
-    let mut tcp = plan(tcp_url, Publisher::Raw(publish));
-    tcp.framing = fanout::Framing::Tcp;
-    let report = fanout::run(tcp).await.expect("fanout over TCP");
-    assert_eq!(
-        (report.delivered, report.lost, report.duplicated),
-        (1000, 0, 0),
-        "{report:?}"
-    );
+    over_tcp(plan(tcp_url, Publisher::Raw(publish))).await;
 }
 
 #[tokio::test]
@@ -106,17 +110,11 @@ async fn fanout_push_and_conns_against_imcloud() {
     );
     assert_eq!(report.target, "imcloud-http");
 
-    let mut tcp = plan(
+    over_tcp(plan(
         format!("tcp://{}", imcloud.tcp),
         Publisher::LogicHttp(imcloud.api_url.clone(), String::new()),
-    );
-    tcp.framing = fanout::Framing::Tcp;
-    let report = fanout::run(tcp).await.expect("fanout over TCP");
-    assert_eq!(
-        (report.delivered, report.lost, report.duplicated),
-        (1000, 0, 0),
-        "{report:?}"
-    );
+    ))
+    .await;
 
     let report = push::run(push::Plan {
         api: imcloud.api_url.clone(),

@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use imcloud_auth::ApiKey;
 use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
+use imcloud_proto::cloud::delivery::Kind;
 use imcloud_proto::cloud::{
-    BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, Empty, Proto, PushMsgReply,
-    PushMsgReq, RoomsReply, RoomsReq,
+    BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, DeliverReply, DeliverReq,
+    DeliveryResult, Empty, Proto, PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
 };
 use imcloud_protocol::{Op, Packet, RoomId, VERSION};
 use tokio::net::TcpListener;
@@ -113,23 +114,9 @@ fn op_filter(proto_op: i32) -> Result<Option<u32>, Status> {
     }
 }
 
-#[tonic::async_trait]
-impl Cloud for CloudService {
-    async fn ping(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn close(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
-        info!("close requested over gRPC");
-        self.drain.cancel();
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn push_msg(
-        &self,
-        request: Request<PushMsgReq>,
-    ) -> Result<Response<PushMsgReply>, Status> {
-        let request = request.into_inner();
+impl CloudService {
+    /// `PushMsg`, alone or as part of `Deliver`.
+    async fn push_keys(&self, request: PushMsgReq) -> Result<(), Status> {
         if request.keys.is_empty() {
             return Err(Status::invalid_argument("keys must not be empty"));
         }
@@ -158,6 +145,38 @@ impl Cloud for CloudService {
             let targets = keys.zip(request.seqs.iter().map(|seq| numbered[seq].clone()));
             self.buckets.push_keys(targets, filter).await?;
         }
+        Ok(())
+    }
+
+    /// `BroadcastRoom`, alone or as part of `Deliver`.
+    async fn push_room(&self, request: BroadcastRoomReq) -> Result<(), Status> {
+        let room = RoomId::parse(&request.room_id)
+            .map_err(|err| Status::invalid_argument(format!("roomID: {err}")))?;
+        let push = encode(request.proto)?;
+        self.metrics.pushed(Delivery::Room);
+        debug!(room = %request.room_id, op = %push.packet.op(), "push to room");
+        self.buckets.push_room(room, &push).await?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Cloud for CloudService {
+    async fn ping(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn close(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
+        info!("close requested over gRPC");
+        self.drain.cancel();
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn push_msg(
+        &self,
+        request: Request<PushMsgReq>,
+    ) -> Result<Response<PushMsgReply>, Status> {
+        self.push_keys(request.into_inner()).await?;
         Ok(Response::new(PushMsgReply {}))
     }
 
@@ -190,14 +209,33 @@ impl Cloud for CloudService {
         &self,
         request: Request<BroadcastRoomReq>,
     ) -> Result<Response<BroadcastRoomReply>, Status> {
-        let request = request.into_inner();
-        let room = RoomId::parse(&request.room_id)
-            .map_err(|err| Status::invalid_argument(format!("roomID: {err}")))?;
-        let push = encode(request.proto)?;
-        self.metrics.pushed(Delivery::Room);
-        debug!(room = %request.room_id, op = %push.packet.op(), "push to room");
-        self.buckets.push_room(room, &push).await?;
+        self.push_room(request.into_inner()).await?;
         Ok(Response::new(BroadcastRoomReply {}))
+    }
+
+    async fn deliver(
+        &self,
+        request: Request<DeliverReq>,
+    ) -> Result<Response<DeliverReply>, Status> {
+        let deliveries = request.into_inner().deliveries;
+        let mut results = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let outcome = match delivery.kind {
+                Some(Kind::Keys(request)) => self.push_keys(request).await,
+                Some(Kind::Room(request)) => self.push_room(request).await,
+                None => Err(Status::invalid_argument(
+                    "a delivery names neither keys nor a room",
+                )),
+            };
+            results.push(match outcome {
+                Ok(()) => DeliveryResult::default(),
+                Err(status) => DeliveryResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                },
+            });
+        }
+        Ok(Response::new(DeliverReply { results }))
     }
 
     async fn rooms(&self, _: Request<RoomsReq>) -> Result<Response<RoomsReply>, Status> {

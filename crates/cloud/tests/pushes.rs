@@ -5,7 +5,10 @@
 use std::collections::HashSet;
 
 use imcloud_client::Client;
-use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Empty, PushMsgReq, RoomsReq};
+use imcloud_proto::cloud::delivery::Kind;
+use imcloud_proto::cloud::{
+    BroadcastReq, BroadcastRoomReq, DeliverReq, Delivery, Empty, PushMsgReq, RoomsReq,
+};
 use imcloud_protocol::{CloseReason, Op};
 use imcloud_testkit::fake_logic::{CloudNode, LogicNode, http_get, proto, test_config, token};
 use tonic::Code;
@@ -433,4 +436,73 @@ async fn push_msg_with_seqs_gives_each_key_its_users_number() {
         "{}",
         status.message()
     );
+}
+
+#[tokio::test]
+async fn deliver_carries_several_pushes_in_order_and_answers_each() {
+    let logic = LogicNode::start().await;
+    let node = CloudNode::start(test_config(logic.addr)).await;
+    let mut all = clients(&node, 2, |_| "live://1".to_owned(), &[]).await;
+    let keys = |keys: &[&str], body: &'static [u8]| Delivery {
+        kind: Some(Kind::Keys(PushMsgReq {
+            keys: keys.iter().map(|key| key.to_string()).collect(),
+            seqs: Vec::new(),
+            proto_op: 0,
+            proto: Some(proto(1000, body)),
+        })),
+    };
+    let room = |room: &str, op: i32, body: &'static [u8]| Delivery {
+        kind: Some(Kind::Room(BroadcastRoomReq {
+            room_id: room.to_owned(),
+            proto: Some(proto(op, body)),
+        })),
+    };
+    let reply = node
+        .grpc
+        .clone()
+        .deliver(DeliverReq {
+            deliveries: vec![
+                keys(&["key-0"], b"first"),
+                room("live://1", 1000, b"second"),
+                // Refused, alone: an op clients cannot be pushed.
+                room("live://1", 7, b"bad op"),
+                Delivery { kind: None },
+                keys(&["key-0", "key-1"], b"third"),
+            ],
+        })
+        .await
+        .expect("deliver")
+        .into_inner();
+    let codes: Vec<Code> = reply
+        .results
+        .iter()
+        .map(|result| Code::from(result.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::Ok
+        ]
+    );
+    assert!(
+        reply.results[2].message.contains("business op"),
+        "{reply:?}"
+    );
+    assert!(reply.results[3].message.contains("neither"), "{reply:?}");
+    let bodies = async |client: &mut Client, n: usize| {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.push(client.recv_push().await.expect("push").body.to_vec());
+        }
+        got
+    };
+    assert_eq!(
+        bodies(&mut all[0], 3).await,
+        [&b"first"[..], b"second", b"third"]
+    );
+    assert_eq!(bodies(&mut all[1], 2).await, [&b"second"[..], b"third"]);
 }

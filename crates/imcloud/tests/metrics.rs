@@ -74,7 +74,7 @@ async fn counters_move_after_a_push() {
     // reading client's never does here: exported, whatever its count.
     assert!(cloud_after.contains_key("imcloud_cloud_send_queue_depth_count"));
     assert_eq!(
-        moved("imcloud_cloud_grpc_calls_total{method=\"PushMsg\",code=\"OK\"}"),
+        moved("imcloud_cloud_grpc_calls_total{method=\"Deliver\",code=\"OK\"}"),
         1.0
     );
 
@@ -82,6 +82,8 @@ async fn counters_move_after_a_push() {
     let moved = |series: &str| sample(&logic_after, series) - sample(&before_logic, series);
     assert_eq!(moved("imcloud_logic_pushed_total{kind=\"mids\"}"), 1.0);
     assert_eq!(moved("imcloud_logic_inbox_stored_total"), 1.0);
+    assert_eq!(moved("imcloud_logic_cloud_deliveries_per_call_count"), 1.0);
+    assert_eq!(moved("imcloud_logic_cloud_deliveries_per_call_sum"), 1.0);
     assert_eq!(
         moved("imcloud_logic_grpc_calls_total{method=\"Connect\",code=\"OK\"}"),
         1.0

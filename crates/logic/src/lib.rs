@@ -6,6 +6,7 @@
 //! `127.0.0.1:0` and read the addresses back.
 
 pub mod config;
+mod courier;
 mod dedupe;
 mod grpc;
 mod http;

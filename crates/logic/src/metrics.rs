@@ -1,11 +1,13 @@
 //! The logic node's metrics, in a registry of its own, served as Prometheus text.
 
 use imcloud_telemetry::{GrpcMetrics, latency_histogram};
+
+use crate::courier::CourierMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +42,9 @@ pub struct Metrics {
     /// Publish to hand-off, per ingest command.
     ingest_latency: Histogram,
     limits: Family<KindLabel, Counter>,
+    /// Pushes per `Deliver` call to a cloud node (how well bursts travel
+    /// together), and pushes waiting for one.
+    pub(crate) courier: CourierMetrics,
     store_seconds: StoreHistograms,
     store_errors: Family<OpLabel, Counter>,
     /// gRPC calls by method and code (its layer wraps the gRPC server).
@@ -80,6 +85,10 @@ impl Default for Metrics {
         let ingest_consuming = Gauge::default();
         let ingest_latency = latency_histogram();
         let limits = Family::<KindLabel, Counter>::default();
+        let courier = CourierMetrics {
+            per_call: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            queued: Gauge::default(),
+        };
         let store_seconds: StoreHistograms = Family::new_with_constructor(latency_histogram);
         let store_errors = Family::<OpLabel, Counter>::default();
         let grpc = GrpcMetrics::register(&mut registry);
@@ -92,6 +101,16 @@ impl Default for Metrics {
             "store_errors",
             "Session store calls that failed, by operation",
             store_errors.clone(),
+        );
+        registry.register(
+            "cloud_deliveries_per_call",
+            "Pushes carried by one Deliver call to a cloud node",
+            courier.per_call.clone(),
+        );
+        registry.register(
+            "cloud_queued",
+            "Pushes waiting for a call to their cloud node (grows while nodes answer slowly)",
+            courier.queued.clone(),
         );
         registry.register(
             "limits_hit",
@@ -180,6 +199,7 @@ impl Default for Metrics {
             ingest_consuming,
             ingest_latency,
             limits,
+            courier,
             store_seconds,
             store_errors,
             grpc,

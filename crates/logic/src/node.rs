@@ -180,6 +180,7 @@ impl Logic {
             discovery.watch(CLOUD_SERVICE),
             config.call_timeout,
             key.clone(),
+            metrics.courier.clone(),
         ));
         let pusher = Arc::new(Pusher::new(
             store.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use imcloud_proto::cloud::delivery::Kind;
 use imcloud_proto::cloud::{BroadcastReq, BroadcastRoomReq, Proto, PushMsgReq};
 use imcloud_protocol::RoomId;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::inbox::InboxStore;
 use crate::metrics::Metrics;
-use crate::router::{CloudClient, Clouds, NodeResult};
+use crate::router::{Clouds, Link, NodeResult};
 use crate::session::{SessionStore, StoreError};
 
 /// The op clients receive when a push names none.
@@ -303,7 +304,7 @@ impl Pusher {
         );
         let mut results = self
             .clouds
-            .fan_out(targets, |mut client, batch: Batch| {
+            .fan_out(targets, |link, batch: Batch| {
                 let request = PushMsgReq {
                     keys: batch.keys,
                     // Targeted pushes reach the connection whatever it watches.
@@ -311,7 +312,7 @@ impl Pusher {
                     proto: Some(message.proto()),
                     seqs: batch.seqs,
                 };
-                async move { client.push_msg(request).await.map(drop) }
+                async move { link.courier.deliver(Kind::Keys(request)).await }
             })
             .await;
         results.extend(unknown);
@@ -321,12 +322,12 @@ impl Pusher {
     /// Pushes to a room on every cloud node.
     async fn push_room(&self, room: RoomId, message: Message) -> Result<Delivered, PushError> {
         let proto = message.proto();
-        self.to_every_node("room", |mut client| {
+        self.to_every_node("room", |link| {
             let request = BroadcastRoomReq {
                 room_id: room.to_string(),
                 proto: Some(proto.clone()),
             };
-            async move { client.broadcast_room(request).await.map(drop) }
+            async move { link.courier.deliver(Kind::Room(request)).await }
         })
         .await
     }
@@ -342,7 +343,7 @@ impl Pusher {
             (speed, n) => (speed + n - 1) / n,
         };
         let proto = message.proto();
-        self.to_every_node("all", |mut client| {
+        self.to_every_node("all", |Link { mut client, .. }| {
             let request = BroadcastReq {
                 proto_op: message.operation,
                 proto: Some(proto.clone()),
@@ -361,7 +362,7 @@ impl Pusher {
         call: F,
     ) -> Result<Delivered, PushError>
     where
-        F: Fn(CloudClient) -> Fut,
+        F: Fn(Link) -> Fut,
         Fut: Future<Output = Result<(), tonic::Status>>,
     {
         let targets: Vec<_> = self

@@ -17,6 +17,8 @@ use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::courier::{Courier, CourierMetrics};
+
 /// A cloud node's gRPC client.
 pub(crate) type CloudClient = GrpcClient<InterceptedService<Channel, SendKey>>;
 
@@ -24,10 +26,20 @@ pub(crate) type CloudClient = GrpcClient<InterceptedService<Channel, SendKey>>;
 #[derive(Debug)]
 pub(crate) struct Clouds {
     nodes: watch::Receiver<Vec<ServiceNode>>,
-    /// Lazily connected clients, by gRPC address.
-    clients: Mutex<HashMap<String, CloudClient>>,
+    /// Lazily connected links, by gRPC address.
+    links: Mutex<HashMap<String, Link>>,
     timeout: Duration,
     key: ApiKey,
+    /// What every node's courier counts.
+    courier_metrics: CourierMetrics,
+}
+
+/// How logic reaches one cloud node: its gRPC client, and its courier for
+/// pushes by key and to rooms (which batches them).
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) client: CloudClient,
+    pub(crate) courier: Courier,
 }
 
 /// What one node of a fan-out did with its call.
@@ -46,12 +58,14 @@ impl Clouds {
         nodes: watch::Receiver<Vec<ServiceNode>>,
         timeout: Duration,
         key: ApiKey,
+        courier_metrics: CourierMetrics,
     ) -> Self {
         Clouds {
             nodes,
-            clients: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             timeout,
             key,
+            courier_metrics,
         }
     }
 
@@ -60,10 +74,10 @@ impl Clouds {
         self.nodes.borrow().clone()
     }
 
-    fn client(&self, node: &ServiceNode) -> Result<CloudClient, String> {
-        let mut clients = self.clients.lock();
-        if let Some(client) = clients.get(&node.grpc) {
-            return Ok(client.clone());
+    fn link(&self, node: &ServiceNode) -> Result<Link, String> {
+        let mut links = self.links.lock();
+        if let Some(link) = links.get(&node.grpc) {
+            return Ok(link.clone());
         }
         let uri = if node.grpc.contains("://") {
             node.grpc.clone()
@@ -76,11 +90,18 @@ impl Clouds {
             .timeout(self.timeout)
             .tcp_nodelay(true);
         let client = GrpcClient::with_interceptor(endpoint.connect_lazy(), self.key.sender());
-        // Forget clients of nodes that left, so the map follows discovery.
+        let courier = Courier::spawn(
+            node.id.clone(),
+            client.clone(),
+            self.courier_metrics.clone(),
+        );
+        let link = Link { client, courier };
+        // Forget links of nodes that left, so the map follows discovery (a
+        // courier ends once its last push is answered).
         let live: Vec<String> = self.nodes.borrow().iter().map(|n| n.grpc.clone()).collect();
-        clients.retain(|addr, _| live.contains(addr));
-        clients.insert(node.grpc.clone(), client.clone());
-        Ok(client)
+        links.retain(|addr, _| live.contains(addr));
+        links.insert(node.grpc.clone(), link.clone());
+        Ok(link)
     }
 
     /// Calls every target node concurrently, each under the deadline, and
@@ -92,13 +113,11 @@ impl Clouds {
     ) -> Vec<NodeResult<T>>
     where
         T: Clone,
-        F: Fn(CloudClient, T) -> Fut,
+        F: Fn(Link, T) -> Fut,
         Fut: Future<Output = Result<(), Status>>,
     {
         let calls = targets.into_iter().map(|(node, handed)| {
-            let call = self
-                .client(&node)
-                .map(|client| call(client, handed.clone()));
+            let call = self.link(&node).map(|link| call(link, handed.clone()));
             async move {
                 let outcome = match call {
                     Ok(call) => call.await.map_err(|status| describe(&status, self.timeout)),

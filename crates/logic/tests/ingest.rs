@@ -183,11 +183,11 @@ async fn a_command_whose_cloud_node_is_down_is_delivered_once_it_is_back() {
         .render()
         .lines()
         .filter(|line| {
-            line.starts_with("imcloud_cloud_grpc_calls_total") && line.contains("BroadcastRoom")
+            line.starts_with("imcloud_cloud_pushed_total") && line.contains("kind=\"room\"")
         })
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
-    assert_eq!(rooms, 1.0, "one BroadcastRoom reached the node");
+    assert_eq!(rooms, 1.0, "one room push reached the node");
     assert_eq!(count("dead_lettered").await, 0.0);
 }
 

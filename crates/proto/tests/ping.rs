@@ -3,8 +3,8 @@
 use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
 use imcloud_proto::cloud::{
-    BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, Empty, PushMsgReply,
-    PushMsgReq, RoomsReply, RoomsReq,
+    BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, DeliverReply, DeliverReq,
+    Empty, PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +41,9 @@ impl Cloud for PingOnly {
         _: Request<BroadcastRoomReq>,
     ) -> Result<Response<BroadcastRoomReply>, Status> {
         Err(Status::unimplemented("broadcast_room"))
+    }
+    async fn deliver(&self, _: Request<DeliverReq>) -> Result<Response<DeliverReply>, Status> {
+        Err(Status::unimplemented("deliver"))
     }
     async fn rooms(&self, _: Request<RoomsReq>) -> Result<Response<RoomsReply>, Status> {
         Err(Status::unimplemented("rooms"))

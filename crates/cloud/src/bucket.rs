@@ -119,6 +119,7 @@ impl Bucket {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut dirty = VecDeque::new();
+        let mut pushes = Vec::new();
         loop {
             if dirty.is_empty() {
                 if commands.recv_many(&mut batch, BATCH).await == 0 {
@@ -131,8 +132,23 @@ impl Bucket {
                     batch.push(command);
                 }
             }
-            for command in batch.drain(..) {
-                self.handle(command, &mut dirty);
+            let mut taken = batch.drain(..).peekable();
+            while let Some(command) = taken.next() {
+                let Command::PushRoom { room, push } = command else {
+                    self.handle(command, &mut dirty);
+                    continue;
+                };
+                // Pushes to one room that arrived together (a `Deliver`
+                // call's) reach each member in one visit to its outbox.
+                pushes.push(push);
+                while let Some(Command::PushRoom { room: next, .. }) = taken.peek()
+                    && *next == room
+                    && let Some(Command::PushRoom { push, .. }) = taken.next()
+                {
+                    pushes.push(push);
+                }
+                self.push_room(&room, &pushes, &mut dirty);
+                pushes.clear();
             }
             self.sweep(&mut dirty).await;
         }
@@ -204,7 +220,7 @@ impl Bucket {
                 for (key, push) in &targets {
                     if let Some(member) = self.members.get(key)
                         && member.accepts(filter)
-                        && queue(&member.outbox, push, dirty)
+                        && queue(&member.outbox, std::slice::from_ref(push), dirty)
                     {
                         sent += 1;
                     }
@@ -212,19 +228,14 @@ impl Bucket {
                 self.metrics.delivered(Delivery::Key, sent);
             }
             Command::PushRoom { room, push } => {
-                if let Some(members) = self.rooms.get(&room) {
-                    let sent = members
-                        .values()
-                        .filter(|outbox| queue(outbox, &push, dirty))
-                        .count();
-                    self.metrics.delivered(Delivery::Room, sent as u64);
-                }
+                self.push_room(&room, std::slice::from_ref(&push), dirty);
             }
             Command::Broadcast { push, filter } => {
+                let pushes = std::slice::from_ref(&push);
                 let sent = self
                     .members
                     .values()
-                    .filter(|m| m.accepts(filter) && queue(&m.outbox, &push, dirty))
+                    .filter(|m| m.accepts(filter) && queue(&m.outbox, pushes, dirty))
                     .count();
                 self.metrics.delivered(Delivery::Broadcast, sent as u64);
             }
@@ -253,6 +264,18 @@ impl Bucket {
                     .collect();
                 let _ = reply.send(sessions);
             }
+        }
+    }
+
+    /// Queues `pushes`, in order, for every member of `room`.
+    fn push_room(&self, room: &RoomId, pushes: &[Push], dirty: &mut VecDeque<Arc<Outbox>>) {
+        if let Some(members) = self.rooms.get(room) {
+            let took = members
+                .values()
+                .filter(|outbox| queue(outbox, pushes, dirty))
+                .count();
+            self.metrics
+                .delivered(Delivery::Room, (took * pushes.len()) as u64);
         }
     }
 
@@ -288,10 +311,10 @@ impl Bucket {
     }
 }
 
-/// Queues `push` for `outbox`; one that now needs writing joins `dirty`.
-/// Returns whether it took the push (a full or closing outbox does not).
-fn queue(outbox: &Arc<Outbox>, push: &Push, dirty: &mut VecDeque<Arc<Outbox>>) -> bool {
-    match outbox.deliver(push) {
+/// Queues `pushes` for `outbox`; one that now needs writing joins `dirty`.
+/// Returns whether it took them (a full or closing outbox does not).
+fn queue(outbox: &Arc<Outbox>, pushes: &[Push], dirty: &mut VecDeque<Arc<Outbox>>) -> bool {
+    match outbox.deliver_all(pushes) {
         Ok(true) => {
             dirty.push_back(outbox.clone());
             true

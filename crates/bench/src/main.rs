@@ -35,6 +35,11 @@ enum Mode {
         /// The server's pid, to read its RSS.
         #[arg(long)]
         pid: Option<u32>,
+        /// After the report, keep the clients connected (not reading) until
+        /// interrupted: users online for a push load from another tool
+        /// (`scripts/bench-push.sh` runs wrk).
+        #[arg(long)]
+        hold: bool,
     },
     /// N clients in one room, K messages of S bytes at R/s (0 = max).
     Fanout {
@@ -144,11 +149,18 @@ async fn main() -> anyhow::Result<()> {
             clients,
             concurrency,
             pid,
+            hold,
         } => {
-            let (report, _open) = conns::run(&ws, clients, concurrency, pid, |i| {
+            let (report, open) = conns::run(&ws, clients, concurrency, pid, |i| {
                 token(&secret, i as i64, fanout::room())
             })
             .await?;
+            if hold {
+                println!("{}", serde_json::to_string(&report)?);
+                tokio::signal::ctrl_c().await?;
+                drop(open);
+                return Ok(());
+            }
             serde_json::to_string(&report)?
         }
         Mode::Fanout {

@@ -27,7 +27,17 @@ start() {
 }
 stop() { kill -INT "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
 cpu() { awk '{print $14+$15}' "/proc/$server/stat"; }
-counted() { curl -s http://127.0.0.1:3104/metrics | awk -v s="$1" 'index($0, s) == 1 {print $2}'; }
+# A cloud node answers once a push is queued for its buckets; wait until
+# what they took stops moving.
+counted() {
+  local last=-1 now
+  while :; do
+    now=$(curl -s http://127.0.0.1:3104/metrics | awk -v s="$1" 'index($0, s) == 1 {print $NF}')
+    [ "$now" = "$last" ] && break
+    last=$now; sleep 0.5
+  done
+  echo "$now"
+}
 
 run() { # name wrk-args...
   local name=$1; shift
@@ -44,7 +54,7 @@ run() { # name wrk-args...
   errors=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.out")
   local us
   us=$(awk -v t=$((after - before)) -v k="$tick" -v n="$requests" 'BEGIN {printf "%.1f", t / k * 1e6 / n}')
-  echo "$name: $rate req/s, p50 $p50, p99 $p99, $requests requests, non-2xx ${errors:-0}, imcloud CPU $us us/request, cloud delivered $(counted 'imcloud_cloud_delivered_total{kind="key"}')"
+  echo "$name: $rate req/s, p50 $p50, p99 $p99, $requests requests, non-2xx ${errors:-0}, imcloud CPU $us us/request, cloud delivered $(counted 'imcloud_cloud_delivered_total{kind="key"}'), slow-consumer closes $(counted 'imcloud_cloud_closes_total{reason="slow consumer"}')"
 }
 
 for round in $(seq "$rounds"); do

@@ -184,6 +184,8 @@ impl Bucket {
                     && let Some(member) = self.members.remove(&key)
                 {
                     self.leave_room(&member);
+                    shrink(&mut self.members);
+                    shrink(&mut self.rooms);
                 }
             }
             Command::ChangeRoom { key, id, room } => {
@@ -306,8 +308,18 @@ impl Bucket {
             members.remove(&member.id);
             if members.is_empty() {
                 self.rooms.remove(room);
+            } else {
+                shrink(members);
             }
         }
+    }
+}
+
+/// Gives back the memory of a map that holds under a quarter of what it
+/// could: maps sized for a peak of connections do not shrink by themselves.
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 

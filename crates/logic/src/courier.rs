@@ -97,13 +97,13 @@ async fn run(
         tokio::select! {
             Some(refused) = calls.next(), if !calls.is_empty() => {
                 if let Some(parcels) = refused {
-                    let parcels: Vec<Parcel> = parcels;
+                    let parcels: Vec<Parcel> = parcels; // (names the type for inference)
                     if !single {
                         warn!(%node, "cloud node does not serve Deliver (an older version): one call per push");
                     }
                     single = true;
                     metrics.queued.inc_by(parcels.len() as i64);
-                    for parcel in Vec::into_iter(parcels).rev() {
+                    for parcel in parcels.into_iter().rev() {
                         queue.push_front(parcel);
                     }
                 }

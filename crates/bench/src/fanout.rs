@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use futures_util::{StreamExt, stream};
 use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::{BroadcastRoomReq, Proto};
 use imcloud_protocol::{Op, Packet};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::timeout;
@@ -249,19 +250,14 @@ async fn subscribe(plan: &Plan, i: usize) -> anyhow::Result<TcpStream> {
     if plan.framing == Framing::Tcp {
         let auth = Packet::new(Op::AUTH, 1, (plan.token)(i)).encode()?;
         stream.write_all(auth.as_bytes()).await?;
-        let mut buf = Vec::new();
-        while buf.len() < 16 || buf.len() < packet_len(&buf) {
-            anyhow::ensure!(stream.read_buf(&mut buf).await? > 0, "closed before op 8");
-        }
+        let mut rest = BytesMut::new();
+        let reply = wsframe::read_packet(&mut stream, &mut rest).await?;
         anyhow::ensure!(
-            buf.get(8..12) == Some(&Op::AUTH_REPLY.0.to_be_bytes()[..]),
+            reply.op == Op::AUTH_REPLY,
             "not subscribed: {:?}",
-            String::from_utf8_lossy(&buf)
+            String::from_utf8_lossy(&reply.body)
         );
-        anyhow::ensure!(
-            buf.len() == packet_len(&buf),
-            "pushed to before it subscribed"
-        );
+        anyhow::ensure!(rest.is_empty(), "pushed to before it subscribed");
         return Ok(stream);
     }
     let mut buf = wsframe::client_upgrade(&mut stream, host, &format!("/{path}")).await?;
@@ -355,22 +351,7 @@ async fn read(
         got.reads += 1;
         let now = (base.elapsed().as_micros() as u32).saturating_add(1);
         let mut arrived = 0;
-        if framing == Framing::Tcp {
-            while filled - start >= 16 {
-                let len = packet_len(&buf[start..filled]);
-                if filled - start < len {
-                    if len > buf.len() {
-                        buf.resize(len, 0);
-                    }
-                    break;
-                }
-                arrived += got.record_packets(&buf[start..start + len], now);
-                start += len;
-            }
-        }
-        while framing != Framing::Tcp
-            && let Some((op, header, len)) = wsframe::parse_header(&buf[start..filled])
-        {
+        while let Some((op, header, len)) = unit(framing, &buf[start..filled]) {
             if filled - start < header + len {
                 if header + len > buf.len() {
                     buf.resize(header + len, 0);
@@ -425,9 +406,8 @@ impl Got {
     fn record_packets(&mut self, mut frame: &[u8], now: u32) -> u64 {
         let mut new = 0;
         while frame.len() >= 16 {
-            let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
             let op = u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
-            let Some(packet) = frame.get(..len.max(16)) else {
+            let Some(packet) = frame.get(..packet_len(frame)) else {
                 break;
             };
             let body = &packet[16..];
@@ -443,6 +423,16 @@ impl Got {
             frame = &frame[packet.len()..];
         }
         new
+    }
+}
+
+/// The unit at the start of `buf` once its header is in: (WebSocket opcode,
+/// header length, payload length). On TCP the unit is a whole goim packet,
+/// read as a binary frame with no header of its own.
+fn unit(framing: Framing, buf: &[u8]) -> Option<(u8, usize, usize)> {
+    match framing {
+        Framing::Tcp => (buf.len() >= 16).then(|| (0x2, 0, packet_len(buf))),
+        Framing::Goim | Framing::Bare => wsframe::parse_header(buf),
     }
 }
 

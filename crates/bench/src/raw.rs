@@ -211,17 +211,7 @@ async fn accept_clients(listener: TcpListener, tcp: bool, joined: mpsc::Unbounde
 async fn subscribe(mut stream: TcpStream, tcp: bool) -> anyhow::Result<Conn> {
     stream.set_nodelay(true)?;
     let auth = if tcp {
-        let mut buf = BytesMut::new();
-        let len = loop {
-            if buf.len() >= 4 {
-                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if buf.len() >= len {
-                    break len;
-                }
-            }
-            anyhow::ensure!(stream.read_buf(&mut buf).await? > 0, "closed before auth");
-        };
-        Packet::from_frame(buf.split_to(len).freeze(), 4096)?
+        wsframe::read_packet(&mut stream, &mut BytesMut::new()).await?
     } else {
         let mut buf = wsframe::server_upgrade(&mut stream).await?;
         let (_, header, len) = wsframe::read_frame(&mut stream, &mut buf).await?;

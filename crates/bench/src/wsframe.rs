@@ -1,12 +1,16 @@
 //! Just enough RFC 6455 for the harness and the raw writer to stay out of
 //! their own measurements: the upgrade on both sides, frames as bytes.
-//! Nothing here allocates per message.
+//! Nothing here allocates per message. (And, for their TCP clients, one
+//! goim packet read off plain TCP, at subscription.)
 
 use std::io;
 
+use bytes::BytesMut;
+use imcloud_protocol::{DEFAULT_MAX_BODY, Packet, PacketCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::codec::Decoder;
 
 /// A fixed client key: the harness checks nothing it would protect.
 const CLIENT_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -129,6 +133,21 @@ pub(crate) async fn read_frame(
         if stream.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+    }
+}
+
+/// The next goim packet on a plain TCP stream; `buf` keeps what was read
+/// past it.
+pub(crate) async fn read_packet(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> anyhow::Result<Packet> {
+    let mut codec = PacketCodec::new(DEFAULT_MAX_BODY);
+    loop {
+        if let Some(packet) = codec.decode(buf)? {
+            return Ok(packet);
+        }
+        anyhow::ensure!(stream.read_buf(buf).await? > 0, "closed mid-packet");
     }
 }
 

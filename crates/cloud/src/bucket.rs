@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::iter::Peekable;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,7 +120,6 @@ impl Bucket {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut dirty = VecDeque::new();
-        let mut pushes = Vec::new();
         loop {
             if dirty.is_empty() {
                 if commands.recv_many(&mut batch, BATCH).await == 0 {
@@ -134,21 +134,7 @@ impl Bucket {
             }
             let mut taken = batch.drain(..).peekable();
             while let Some(command) = taken.next() {
-                let Command::PushRoom { room, push } = command else {
-                    self.handle(command, &mut dirty);
-                    continue;
-                };
-                // Pushes to one room that arrived together (a `Deliver`
-                // call's) reach each member in one visit to its outbox.
-                pushes.push(push);
-                while let Some(Command::PushRoom { room: next, .. }) = taken.peek()
-                    && *next == room
-                    && let Some(Command::PushRoom { push, .. }) = taken.next()
-                {
-                    pushes.push(push);
-                }
-                self.push_room(&room, &pushes, &mut dirty);
-                pushes.clear();
+                self.handle(command, &mut taken, &mut dirty);
             }
             self.sweep(&mut dirty).await;
         }
@@ -172,8 +158,14 @@ impl Bucket {
     }
 
     /// Membership changes and queries are answered at once; pushes are
-    /// queued, and outboxes that now need writing join `dirty`.
-    fn handle(&mut self, command: Command, dirty: &mut VecDeque<Arc<Outbox>>) {
+    /// queued, and outboxes that now need writing join `dirty`. `next` is
+    /// the rest of the batch: pushes to one room that follow this one join it.
+    fn handle(
+        &mut self,
+        command: Command,
+        next: &mut Peekable<impl Iterator<Item = Command>>,
+        dirty: &mut VecDeque<Arc<Outbox>>,
+    ) {
         match command {
             Command::Register { key, member, done } => {
                 self.register(key, member);
@@ -230,7 +222,16 @@ impl Bucket {
                 self.metrics.delivered(Delivery::Key, sent);
             }
             Command::PushRoom { room, push } => {
-                self.push_room(&room, std::slice::from_ref(&push), dirty);
+                // Pushes to one room that arrived together (a `Deliver`
+                // call's) reach each member in one visit to its outbox.
+                let mut pushes = vec![push];
+                while let Some(Command::PushRoom { room: same, .. }) = next.peek()
+                    && *same == room
+                    && let Some(Command::PushRoom { push, .. }) = next.next()
+                {
+                    pushes.push(push);
+                }
+                self.push_room(&room, &pushes, dirty);
             }
             Command::Broadcast { push, filter } => {
                 let pushes = std::slice::from_ref(&push);

@@ -97,15 +97,11 @@ async fn run(
         tokio::select! {
             Some(refused) = calls.next(), if !calls.is_empty() => {
                 if let Some(parcels) = refused {
-                    let parcels: Vec<Parcel> = parcels; // (names the type for inference)
                     if !single {
                         warn!(%node, "cloud node does not serve Deliver (an older version): one call per push");
                     }
                     single = true;
-                    metrics.queued.inc_by(parcels.len() as i64);
-                    for parcel in parcels.into_iter().rev() {
-                        queue.push_front(parcel);
-                    }
+                    requeue(&mut queue, parcels, &metrics.queued);
                 }
             }
             parcel = rx.recv(), if open => match parcel {
@@ -128,6 +124,14 @@ async fn run(
             metrics.queued.dec_by(parcels.len() as i64);
             calls.push(call(client.clone(), parcels, single));
         }
+    }
+}
+
+/// Puts parcels a call gave back at the front of `queue`, in their order.
+fn requeue(queue: &mut VecDeque<Parcel>, parcels: Vec<Parcel>, queued: &Gauge) {
+    queued.inc_by(parcels.len() as i64);
+    for parcel in parcels.into_iter().rev() {
+        queue.push_front(parcel);
     }
 }
 
@@ -160,6 +164,9 @@ async fn call(mut client: CloudClient, parcels: Vec<Parcel>, single: bool) -> Op
         }
         return None;
     }
+    // Each push is cloned into the request (its body is shared `Bytes`;
+    // the keys are copied) so that a node without `Deliver` can still be
+    // handed the parcels one by one: tonic keeps no request it refused.
     let request = DeliverReq {
         deliveries: parcels
             .iter()
@@ -168,35 +175,33 @@ async fn call(mut client: CloudClient, parcels: Vec<Parcel>, single: bool) -> Op
             })
             .collect(),
     };
-    match client.deliver(request).await {
-        Ok(reply) => {
-            let results = reply.into_inner().results;
-            if results.len() != parcels.len() {
-                let status = Status::internal(format!(
-                    "the node answered {} results for {} pushes",
-                    results.len(),
-                    parcels.len()
-                ));
-                for parcel in parcels {
-                    let _ = parcel.answer.send(Err(status.clone()));
-                }
-                return None;
-            }
-            for (parcel, result) in parcels.into_iter().zip(results) {
-                let outcome = match Code::from(result.code) {
-                    Code::Ok => Ok(()),
-                    code => Err(Status::new(code, result.message)),
-                };
-                let _ = parcel.answer.send(outcome);
-            }
-            None
-        }
-        Err(status) if status.code() == Code::Unimplemented => Some(parcels),
-        Err(status) => {
-            for parcel in parcels {
-                let _ = parcel.answer.send(Err(status.clone()));
-            }
-            None
-        }
+    let results = match client.deliver(request).await {
+        Ok(reply) => reply.into_inner().results,
+        Err(status) if status.code() == Code::Unimplemented => return Some(parcels),
+        Err(status) => return fail(parcels, &status),
+    };
+    if results.len() != parcels.len() {
+        let status = Status::internal(format!(
+            "the node answered {} results for {} pushes",
+            results.len(),
+            parcels.len()
+        ));
+        return fail(parcels, &status);
     }
+    for (parcel, result) in parcels.into_iter().zip(results) {
+        let outcome = match Code::from(result.code) {
+            Code::Ok => Ok(()),
+            code => Err(Status::new(code, result.message)),
+        };
+        let _ = parcel.answer.send(outcome);
+    }
+    None
+}
+
+/// Answers every parcel with `status`; nothing to give back.
+fn fail(parcels: Vec<Parcel>, status: &Status) -> Option<Vec<Parcel>> {
+    for parcel in parcels {
+        let _ = parcel.answer.send(Err(status.clone()));
+    }
+    None
 }

@@ -1,14 +1,14 @@
 //! The logic node's metrics, in a registry of its own, served as Prometheus text.
 
 use imcloud_telemetry::{GrpcMetrics, latency_histogram};
-
-use crate::courier::CourierMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::courier::CourierMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {

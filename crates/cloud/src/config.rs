@@ -31,10 +31,14 @@ pub const DEFAULT_DRAIN_RATE: u32 = 2000;
 pub const DEFAULT_DRAIN_JITTER: Duration = Duration::from_secs(5);
 /// Default total connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default tungstenite read buffer. Client traffic is tiny (heartbeats,
-/// acks), so a small buffer keeps idle connections cheap; tungstenite's own
+/// Default tungstenite read buffer, held by every connection for its whole
+/// life (it grows to the largest frame read, usually the auth packet).
+/// Client traffic is tiny (heartbeats and acks take one read of it), so a
+/// small buffer keeps idle connections cheap; a larger frame is reserved
+/// whole when its header arrives and read in steps of this size, which
+/// costs reads only on the rare large client message. tungstenite's own
 /// default is 128 KiB per connection.
-pub const DEFAULT_WS_READ_BUFFER: usize = 512;
+pub const DEFAULT_WS_READ_BUFFER: usize = 128;
 
 /// Configuration of one cloud node.
 #[derive(Clone, Debug, Deserialize)]

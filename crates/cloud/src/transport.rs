@@ -1,7 +1,7 @@
 //! What a connection reads packets from and writes packets to: TCP and
 //! WebSocket behind one trait, so the connection's life is written once.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::sync::Arc;
 
@@ -137,7 +137,9 @@ impl Transport for TcpTransport {
                 self.read_buf = BytesMut::new();
             }
             self.read_buf.reserve(TCP_READ_CHUNK);
-            if let Err(err) = self.socket.readable().await {
+            // The socket's own reader waker, not a `readable()` future:
+            // that future would sit in every idle connection's state.
+            if let Err(err) = poll_fn(|cx| self.socket.poll_read_ready(cx)).await {
                 return Some(Err(TransportError::Io(err)));
             }
             match self.socket.try_read_buf(&mut self.read_buf) {

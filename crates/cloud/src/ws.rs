@@ -1,93 +1,97 @@
 //! WebSocket clients: the `/sub` upgrade and packets in binary frames.
 
-use std::io;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use imcloud_protocol::{CloseBody, HEADER_LEN, Packet};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{
+    Error as WsError, HandshakeError, Message, WebSocket, accept_hdr_with_config,
+};
 
 use crate::config::CloudConfig;
 use crate::outbox::Outbox;
-use crate::transport::{Transport, TransportError, shutdown_write};
+use crate::transport::{Transport, TransportError};
 use crate::wire::{self, Framing};
 
 /// The only path clients may upgrade on.
 pub(crate) const PATH: &str = "/sub";
 
 /// A WebSocket client after the upgrade.
+///
+/// tungstenite's blocking-style `WebSocket` over the non-blocking socket,
+/// not tokio-tungstenite's stream: a read that would block waits for the
+/// socket here, so no waker proxies (two shared allocations per
+/// connection) stand between the socket and the connection's task.
 pub(crate) struct WsTransport {
-    ws: WebSocketStream<WsSocket>,
+    ws: WebSocket<WsSocket>,
     max_body: usize,
 }
 
 /// The byte stream under tungstenite: reads come from the socket; writes
 /// (the upgrade response, then pongs and close frames) go to the socket
 /// until the connection has an outbox, and through the outbox after.
+/// Never blocks: an I/O that would, says so (`WouldBlock`) and notes which
+/// way, for [`WsSocket::ready`].
 pub(crate) struct WsSocket {
     socket: Arc<TcpStream>,
     outbox: Option<Arc<Outbox>>,
+    /// The last `WouldBlock` came from a write.
+    write_blocked: bool,
 }
 
-impl AsyncRead for WsSocket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.socket.poll_read_ready(cx))?;
-            match self.socket.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Poll::Ready(Err(err)),
+impl WsSocket {
+    /// Waits until the I/O that last would have blocked can go on. Polls
+    /// the socket's own readiness (one waker slot per direction) rather
+    /// than holding a `ready()` future: that future would sit in every
+    /// idle connection's state.
+    fn ready(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        let write = std::mem::take(&mut self.write_blocked);
+        let socket = &self.socket;
+        poll_fn(move |cx| {
+            if write {
+                socket.poll_write_ready(cx)
+            } else {
+                socket.poll_read_ready(cx)
             }
-        }
+        })
     }
 }
 
-impl AsyncWrite for WsSocket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+impl Read for WsSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.try_read(buf)
+    }
+}
+
+impl Write for WsSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(outbox) = &self.outbox {
             outbox.write_raw(buf);
-            return Poll::Ready(Ok(buf.len()));
+            return Ok(buf.len());
         }
-        loop {
-            ready!(self.socket.poll_write_ready(cx))?;
-            match self.socket.try_write(buf) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                written => return Poll::Ready(written),
-            }
-        }
+        let written = self.socket.try_write(buf);
+        self.write_blocked =
+            matches!(&written, Err(err) if err.kind() == io::ErrorKind::WouldBlock);
+        written
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
+}
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(&self.socket);
-        Poll::Ready(Ok(()))
-    }
+/// Whether tungstenite stopped because the socket would block.
+fn would_block(err: &WsError) -> bool {
+    matches!(err, WsError::Io(err) if err.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// How WebSocket connections are read and written (from the node's config).
@@ -148,9 +152,19 @@ pub(crate) async fn accept(stream: TcpStream, settings: &WsSettings) -> Result<U
     let socket = WsSocket {
         socket: Arc::new(stream),
         outbox: None,
+        write_blocked: false,
     };
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(ws_config)).await?;
+    let mut handshake = accept_hdr_with_config(socket, callback, Some(ws_config));
+    let ws = loop {
+        match handshake {
+            Ok(ws) => break ws,
+            Err(HandshakeError::Interrupted(mut mid)) => {
+                mid.get_mut().get_mut().ready().await?;
+                handshake = mid.handshake();
+            }
+            Err(HandshakeError::Failure(err)) => return Err(err),
+        }
+    };
     Ok(Upgrade {
         transport: WsTransport {
             ws,
@@ -212,19 +226,25 @@ impl Transport for WsTransport {
 
     async fn recv(&mut self) -> Option<Result<Packet, TransportError>> {
         loop {
-            let message = match self.ws.next().await? {
-                Ok(message) => message,
-                Err(err) => return Some(Err(map_ws_error(err))),
-            };
-            return Some(match message {
-                Message::Binary(frame) => {
-                    Packet::from_frame(frame, self.max_body).map_err(TransportError::from)
+            // The match ends before the wait below, so nothing it holds
+            // sizes the idle connection's state.
+            match self.ws.read() {
+                Ok(Message::Binary(frame)) => {
+                    return Some(
+                        Packet::from_frame(frame, self.max_body).map_err(TransportError::from),
+                    );
                 }
-                Message::Text(_) => Err(TransportError::TextFrame),
-                Message::Close(_) => return None,
+                Ok(Message::Text(_)) => return Some(Err(TransportError::TextFrame)),
+                Ok(Message::Close(_)) | Err(WsError::ConnectionClosed) => return None,
                 // tungstenite answers pings itself; nothing to hand up.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            });
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Err(err) if would_block(&err) => {}
+                Err(err) => return Some(Err(map_ws_error(err))),
+            }
+            // Cancel-safe: tungstenite keeps a partly read frame.
+            if let Err(err) = self.ws.get_mut().ready().await {
+                return Some(Err(TransportError::Io(err)));
+            }
         }
     }
 
@@ -245,24 +265,32 @@ impl Transport for WsTransport {
             let mut written = outbox.drain(&mut rest).written;
             let _ = wire::write_all(&socket.socket, &rest, &mut written).await;
         }
-        if let Some(body) = close {
-            let frame = CloseFrame {
+        let mut sent = match close {
+            Some(body) => self.ws.close(Some(CloseFrame {
                 code: CloseCode::from(body.code),
                 reason: control_frame_text(&body.reason).into(),
-            };
-            // Refused when the client closed first: its answer is then
-            // what tungstenite owes, and the flush below sends it.
-            let _ = self.ws.close(Some(frame)).await;
+            })),
+            // The answer to a client's Close, queued by tungstenite when it
+            // read it (RFC 6455 5.5.1).
+            None => self.ws.flush(),
+        };
+        // Refused (`ConnectionClosed`) when the client closed first and was
+        // answered already: nothing more is owed.
+        while let Err(err) = &sent
+            && would_block(err)
+        {
+            if self.ws.get_mut().ready().await.is_err() {
+                return;
+            }
+            sent = self.ws.flush();
         }
-        // The answer to a client's Close, queued by tungstenite when it
-        // read it (RFC 6455 5.5.1).
-        let _ = self.ws.flush().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::{SinkExt, StreamExt};
     use imcloud_protocol::{EncodedPacket, Op};
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;

@@ -140,6 +140,9 @@ impl MemoryStore {
         }
         let listed = state.mids.entry(mid).or_default();
         if !listed.contains(&key) {
+            // Most users have one or two devices: a plain push would
+            // reserve room for four keys per user.
+            listed.reserve_exact(1);
             listed.push(key);
         }
     }

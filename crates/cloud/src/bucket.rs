@@ -8,14 +8,17 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::iter::Peekable;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use imcloud_protocol::{CloseBody, CloseReason, RoomId};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep;
 
 use crate::metrics::{Delivery, Metrics};
 use crate::outbox::{Outbox, Rejected};
+use crate::silence;
 use crate::wire::Push;
 
 /// A connection key, as logic gave it.
@@ -117,13 +120,26 @@ impl Bucket {
     /// outboxes not swept yet hold: under load, each write carries every
     /// message since that connection's last write, as a raw writer's one
     /// loop over its sockets does.
+    ///
+    /// Once a second it also closes the connections whose clients have
+    /// been silent too long (see [`crate::silence`]).
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut dirty = VecDeque::new();
+        let mut check = pin!(sleep(silence::CHECK_EVERY));
         loop {
+            // Read from the clock: a busy bucket never waits on the timer.
+            let now = tokio::time::Instant::now();
+            if check.deadline() <= now {
+                self.close_silent();
+                check.as_mut().reset(now + silence::CHECK_EVERY);
+            }
             if dirty.is_empty() {
-                if commands.recv_many(&mut batch, BATCH).await == 0 {
-                    return;
+                tokio::select! {
+                    received = commands.recv_many(&mut batch, BATCH) => if received == 0 {
+                        return;
+                    },
+                    () = &mut check => continue,
                 }
             } else {
                 while batch.len() < BATCH
@@ -266,6 +282,20 @@ impl Bucket {
                     .map(|(key, member)| (member.mid, key.to_string()))
                     .collect();
                 let _ = reply.send(sessions);
+            }
+        }
+    }
+
+    /// Closes the connections whose clients sent nothing for longer than
+    /// their limit (two heartbeats).
+    fn close_silent(&self) {
+        for member in self.members.values() {
+            let silence = member.outbox.silence();
+            if silence.expired() {
+                let detail = format!("no packet for {:?}", silence.limit());
+                member
+                    .outbox
+                    .close(CloseBody::new(CloseReason::HeartbeatTimeout, Some(&detail)));
             }
         }
     }

@@ -1,12 +1,13 @@
 //! A client connection's whole life, for TCP and WebSocket alike, top to
-//! bottom: authenticate, serve (one `select!` over the outbox, the client's
-//! packets and the heartbeat deadline), close with a reason.
+//! bottom: authenticate, serve (one `select!` over the outbox and the
+//! client's packets), close with a reason.
 //!
 //! A connection is given a [`ConnContext`]: what it uses and nothing more,
 //! so a session runs against a fake logic and an in-memory transport in the
 //! unit tests below, without a node.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,16 +15,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, RoomId};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::bucket::{BucketHandle, Key, Member};
-use crate::listener::IpSlot;
+use crate::listener::Admitted;
 use crate::logic::AuthError;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::silence::Silence;
 use crate::transport::{Transport, TransportError};
 use crate::wire;
 
@@ -72,42 +74,44 @@ impl From<TransportError> for End {
     }
 }
 
-/// Serves one client from its first byte to its last. `permit` is `None`
-/// when the node is at its connection limit: the client is told so and closed.
+/// Serves one client from its first byte to its last. `admitted` is `None`
+/// when the node is at its connection limit: the client is told so and
+/// closed.
 ///
 /// A plain function returning an `async move` block, not an `async fn`: an
 /// async fn keeps a second copy of its arguments (the transport alone is
-/// over 300 bytes) in every idle connection's state. Everything that only
-/// lives through the handshake or the close is boxed for the same reason.
+/// nearly 300 bytes) in every idle connection's state. What only lives
+/// through the handshake or the close (the cookie among it) is boxed for
+/// the same reason.
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn serve<T: Transport>(
-    mut transport: T,
+    transport: T,
     ctx: Arc<ConnContext>,
     cookie: String,
-    permit: Option<(OwnedSemaphorePermit, Option<IpSlot>)>,
+    admitted: Option<Admitted>,
 ) -> impl Future<Output = ()> + Send {
+    let open_connection = ctx.metrics.connection_open(T::NAME);
+    let opening = Box::pin(open(transport, ctx.clone(), cookie, admitted.is_some()));
     async move {
-        let _open = ctx.metrics.connection_open(T::NAME);
-        let admitted = permit.is_some();
-        let Some(mut session) = Box::pin(open(&mut transport, &ctx, cookie, admitted)).await else {
+        let Some((mut transport, mut session)) = opening.await else {
             return;
         };
         let end = session.run(&mut transport).await;
         Box::pin(finish(&mut transport, &ctx, Some(session), end)).await;
-        drop(permit);
+        drop((admitted, open_connection));
     }
 }
 
 /// Authenticates the client, or closes the connection with the reason
 /// (connection limit, no auth in time, refused token...).
 async fn open<T: Transport>(
-    transport: &mut T,
-    ctx: &Arc<ConnContext>,
+    mut transport: T,
+    ctx: Arc<ConnContext>,
     cookie: String,
     admitted: bool,
-) -> Option<Session> {
+) -> Option<(T, Session)> {
     let authenticated = if admitted {
-        authenticate(transport, ctx, cookie).await
+        authenticate(&mut transport, &ctx, cookie).await
     } else {
         Err(End::close(
             CloseReason::ConnectionLimit,
@@ -115,9 +119,9 @@ async fn open<T: Transport>(
         ))
     };
     match authenticated {
-        Ok(session) => Some(session),
+        Ok(session) => Some((transport, session)),
         Err(end) => {
-            finish(transport, ctx, None, end).await;
+            finish(&mut transport, &ctx, None, end).await;
             None
         }
     }
@@ -194,6 +198,7 @@ async fn authenticate<T: Transport>(
         ctx.limits.send_queue,
         T::FRAMING,
         transport.socket(),
+        Silence::new(heartbeat * 2),
     ));
     if resume_wait.is_some() {
         outbox.hold();
@@ -206,7 +211,7 @@ async fn authenticate<T: Transport>(
         room: room.clone(),
         heartbeat,
         outbox,
-        hold_until: resume_wait.map(|wait| Instant::now() + wait),
+        hold: resume_wait.map(|wait| Box::pin(sleep(wait))),
         acked: 0,
         bucket: ctx.buckets.for_key(&key).clone(),
         ctx: ctx.clone(),
@@ -267,8 +272,9 @@ struct Session {
     heartbeat: Duration,
     outbox: Arc<Outbox>,
     /// While set, the outbox holds user pushes: until the client's first
-    /// packet after auth, or this instant.
-    hold_until: Option<Instant>,
+    /// packet after auth, or this timer. Boxed: most connections never
+    /// hold, and a timer would size every idle one's state.
+    hold: Option<Pin<Box<Sleep>>>,
     /// The highest ack (op 20) forwarded to logic.
     acked: u64,
     bucket: BucketHandle,
@@ -284,16 +290,11 @@ struct Session {
 }
 
 impl Session {
-    /// Serves the client until something ends the connection.
+    /// Serves the client until something ends the connection. A client
+    /// silent for two heartbeats is closed by its bucket (see
+    /// [`crate::silence`]), through the outbox like any other close.
     async fn run<T: Transport>(&mut self, transport: &mut T) -> End {
-        let idle = self.heartbeat * 2;
-        let started = Instant::now();
-        // One timer for both: the end of the resume hold comes first.
-        let deadline = sleep_until(
-            self.hold_until
-                .map_or(started + idle, |until| until.min(started + idle)),
-        );
-        tokio::pin!(deadline);
+        let mut hold = self.hold.take();
         loop {
             // Unbiased: a busy outbox must not starve the client's packets.
             tokio::select! {
@@ -315,8 +316,8 @@ impl Session {
                     None => return End::Left,
                     Some(Err(err)) => return transport_end(&self.ctx.metrics, err),
                     Some(Ok(packet)) => {
-                        deadline.as_mut().reset(Instant::now() + idle);
-                        if self.hold_until.take().is_some() && packet.op != Op::RESUME {
+                        self.outbox.silence().heard();
+                        if hold.take().is_some() && packet.op != Op::RESUME {
                             // Not resuming: the held pushes go out now.
                             self.release(Vec::new(), 0);
                         }
@@ -327,16 +328,9 @@ impl Session {
                         }
                     }
                 },
-                () = &mut deadline => {
-                    if self.hold_until.take().is_some() {
-                        self.release(Vec::new(), 0);
-                        deadline.as_mut().reset(started + idle);
-                        continue;
-                    }
-                    return End::close(
-                        CloseReason::HeartbeatTimeout,
-                        format!("no packet for {idle:?}"),
-                    );
+                () = async { hold.as_mut().expect("a hold").await }, if hold.is_some() => {
+                    hold = None;
+                    self.release(Vec::new(), 0);
                 }
             }
         }

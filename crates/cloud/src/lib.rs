@@ -19,6 +19,7 @@ mod online;
 mod outbox;
 mod pace;
 mod routes;
+mod silence;
 mod transport;
 mod wire;
 mod ws;

@@ -6,11 +6,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::conn::{self, ConnContext};
 use crate::transport::TcpTransport;
@@ -81,11 +82,18 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        // A connection logs at debug level only, so its span exists only
+        // then: an idle connection's state would otherwise carry it.
         let span = match kind {
-            Kind::Tcp => info_span!("conn", %peer, transport = "tcp"),
-            Kind::Ws => info_span!("conn", %peer, transport = "ws"),
+            Kind::Tcp => debug_span!("conn", %peer, transport = "tcp"),
+            Kind::Ws => debug_span!("conn", %peer, transport = "ws"),
         };
-        tracker.spawn(handle(stream, kind, doorway.clone()).instrument(span));
+        let connection = handle(stream, kind, &doorway);
+        if span.is_disabled() {
+            tracker.spawn(connection);
+        } else {
+            tracker.spawn(connection.instrument(span));
+        }
     }
 }
 
@@ -95,8 +103,26 @@ pub(crate) struct PerIp {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
+/// A connection's place under the node's limits, held for its whole life
+/// and given back on drop. The per-address slot is boxed: it is off by
+/// default, and this sits in every connection's state.
+pub(crate) struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    _per_ip: Option<Box<IpSlot>>,
+}
+
+impl Admitted {
+    /// A place under `max_connections` alone.
+    pub(crate) fn new(slot: OwnedSemaphorePermit) -> Self {
+        Admitted {
+            _slot: slot,
+            _per_ip: None,
+        }
+    }
+}
+
 /// One connection's place in [`PerIp`]; freed on drop.
-pub(crate) struct IpSlot {
+struct IpSlot {
     per_ip: Arc<PerIp>,
     ip: IpAddr,
 }
@@ -131,7 +157,7 @@ impl Drop for IpSlot {
 impl Doorway {
     /// Takes a connection slot and, when limited, a per-address slot; `None`
     /// (with the limit counted) when either is exhausted.
-    fn admit(&self, ip: IpAddr) -> Option<(OwnedSemaphorePermit, Option<IpSlot>)> {
+    fn admit(&self, ip: IpAddr) -> Option<Admitted> {
         let metrics = &self.conns.metrics;
         let Ok(permit) = self.admission.slots.clone().try_acquire_owned() else {
             metrics.limit_hit("connections");
@@ -139,10 +165,13 @@ impl Doorway {
         };
         let limit = self.admission.per_ip_limit;
         if limit == 0 {
-            return Some((permit, None));
+            return Some(Admitted::new(permit));
         }
         match self.admission.per_ip.acquire(ip, limit) {
-            Some(slot) => Some((permit, Some(slot))),
+            Some(slot) => Some(Admitted {
+                _slot: permit,
+                _per_ip: Some(Box::new(slot)),
+            }),
             None => {
                 metrics.limit_hit("connections_per_ip");
                 None
@@ -151,41 +180,48 @@ impl Doorway {
     }
 }
 
-/// Serves one accepted socket. A plain function returning an `async move`
-/// block, not an `async fn`: an async fn keeps a second copy of its
-/// arguments (the stream, the doorway) for the connection's whole life.
-#[allow(clippy::manual_async_fn)]
-fn handle(stream: TcpStream, kind: Kind, doorway: Arc<Doorway>) -> impl Future<Output = ()> + Send {
-    async move {
-        let _ = stream.set_nodelay(true);
-        let ip = stream
-            .peer_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
-        let permit = doorway.admit(ip);
-        let conns = doorway.conns.clone();
-        match kind {
-            Kind::Tcp => {
-                let transport = TcpTransport::new(stream, doorway.ws.max_body);
-                drop(doorway);
-                conn::serve(transport, conns, String::new(), permit).await;
-            }
-            Kind::Ws => {
-                let upgrade = tokio::time::timeout(
+/// Serves one accepted socket. Not an async fn: what only the accept needs
+/// (the stream, the doorway) is used here and stays out of the
+/// connection's state, and each transport gets its own future, so a TCP
+/// connection's state is not sized for a WebSocket's.
+fn handle(
+    stream: TcpStream,
+    kind: Kind,
+    doorway: &Doorway,
+) -> impl Future<Output = ()> + Send + use<> {
+    let _ = stream.set_nodelay(true);
+    let ip = stream
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
+    let permit = doorway.admit(ip);
+    let conns = doorway.conns.clone();
+    match kind {
+        Kind::Tcp => {
+            let transport = TcpTransport::new(stream, doorway.ws.max_body);
+            Either::Left(conn::serve(transport, conns, String::new(), permit))
+        }
+        Kind::Ws => {
+            let settings = doorway.ws.clone();
+            // Boxed, and handing back what the connection keeps: the
+            // handshake's state is freed once it is done.
+            let upgrade = Box::pin(async move {
+                let upgraded = tokio::time::timeout(
                     conns.limits.handshake_timeout,
-                    ws::accept(stream, &doorway.ws),
-                );
-                // Boxed, and taken apart in its own statement: the handshake
-                // future, a match around the `serve` call, or a half-moved
-                // `Upgrade` would otherwise stay in the connection's state for
-                // its whole life.
-                let (transport, cookie) = match Box::pin(upgrade).await {
-                    Ok(Ok(Upgrade { transport, cookie })) => (transport, cookie),
-                    Ok(Err(err)) => return debug!(error = %err, "websocket upgrade refused"),
-                    Err(_) => return debug!("websocket upgrade timed out"),
+                    ws::accept(stream, &settings),
+                )
+                .await;
+                (upgraded, conns, permit)
+            });
+            Either::Right(async move {
+                let (transport, cookie, conns, permit) = match upgrade.await {
+                    (Ok(Ok(Upgrade { transport, cookie })), conns, permit) => {
+                        (transport, cookie, conns, permit)
+                    }
+                    (Ok(Err(err)), ..) => return debug!(error = %err, "websocket upgrade refused"),
+                    (Err(_), ..) => return debug!("websocket upgrade timed out"),
                 };
-                drop(doorway);
                 conn::serve(transport, conns, cookie, permit).await;
-            }
+            })
         }
     }
 }

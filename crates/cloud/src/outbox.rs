@@ -38,6 +38,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::silence::Silence;
 use crate::wire::{self, Framing, MAX_SLICES, Push};
 
 /// Queue capacity (in chunks) kept after a drain; more is freed.
@@ -73,6 +74,9 @@ pub(crate) struct Outbox {
     /// Where writes go straight when nothing is queued; `None`: everything
     /// queues for the connection task (the in-memory transport of the tests).
     socket: Option<Arc<TcpStream>>,
+    /// When the client last sent a packet: here because the bucket, which
+    /// closes silent connections, holds each one's outbox.
+    silence: Silence,
 }
 
 #[derive(Debug, Default)]
@@ -105,14 +109,25 @@ impl State {
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, framing: Framing, socket: Option<Arc<TcpStream>>) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        framing: Framing,
+        socket: Option<Arc<TcpStream>>,
+        silence: Silence,
+    ) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             capacity,
             framing,
             socket,
+            silence,
         }
+    }
+
+    /// When the client was last heard from.
+    pub(crate) fn silence(&self) -> &Silence {
+        &self.silence
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -460,6 +475,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use imcloud_protocol::{Op, Packet};
+    use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -475,7 +491,7 @@ mod tests {
 
     /// An outbox with no socket: everything queues for the task.
     fn queued(capacity: usize) -> Outbox {
-        Outbox::new(capacity, Framing::Tcp, None)
+        Outbox::new(capacity, Framing::Tcp, None, Silence::new(Duration::MAX))
     }
 
     fn holding(capacity: usize) -> Outbox {
@@ -598,7 +614,7 @@ mod tests {
     #[tokio::test]
     async fn queued_pushes_leave_in_one_write_from_whoever_was_told_to_flush() {
         let (server, mut client) = pair().await;
-        let outbox = Outbox::new(8, Framing::Tcp, Some(server));
+        let outbox = Outbox::new(8, Framing::Tcp, Some(server), Silence::new(Duration::MAX));
         let burst: Vec<Push> = (1..=2).map(user_push).collect();
         assert_eq!(outbox.deliver_all(&burst), Ok(true), "the caller writes");
         assert_eq!(
@@ -630,7 +646,12 @@ mod tests {
     #[tokio::test]
     async fn what_a_full_socket_refuses_is_left_to_the_task_in_order() {
         let (server, mut client) = pair().await;
-        let outbox = Outbox::new(1 << 20, Framing::Ws, Some(server.clone()));
+        let outbox = Outbox::new(
+            1 << 20,
+            Framing::Ws,
+            Some(server.clone()),
+            Silence::new(Duration::MAX),
+        );
         // Big pushes until the socket stops taking them whole.
         let body = vec![b'x'; 60_000];
         let mut sent = Vec::new();

@@ -359,7 +359,12 @@ mod tests {
             .await
             .expect("upgrade");
         let transport = &mut upgrade.transport;
-        let outbox = Arc::new(Outbox::new(8, Framing::Ws, transport.socket()));
+        let outbox = Arc::new(Outbox::new(
+            8,
+            Framing::Ws,
+            transport.socket(),
+            crate::silence::Silence::new(std::time::Duration::MAX),
+        ));
         transport.attach(&outbox);
         let push = Packet::new(Op(1000), 0, b"news".to_vec())
             .encode()

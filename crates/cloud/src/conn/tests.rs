@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::bucket::Buckets;
+use crate::listener::Admitted;
 use crate::logic::SessionLogic;
 use crate::online::Online;
 use crate::transport::memory::{MemoryTransport, Out};
@@ -131,7 +132,7 @@ fn start() -> Harness {
         transport,
         ctx.clone(),
         String::new(),
-        Some((permit, None)),
+        Some(Admitted::new(permit)),
     ));
     Harness {
         to_server,

@@ -238,6 +238,68 @@ async fn a_silent_client_is_closed_after_two_heartbeats() {
     );
 }
 
+/// Silence is about what the client sends: pushes flowing to it do not keep
+/// a silent client open, and a client that heartbeats stays open while its
+/// silent neighbour in the same room is closed.
+#[tokio::test]
+async fn pushes_do_not_keep_a_silent_client_open_and_heartbeats_do() {
+    let logic = LogicNode::start().await;
+    let node = CloudNode::start(test_config(logic.addr)).await;
+    let auth = |mid: i64, key: &str| {
+        serde_json::json!({"mid": mid, "key": key, "heartbeat": 1, "room_id": "live://hb"})
+            .to_string()
+    };
+    let mut quiet = connect(&node, Transport::Tcp).await;
+    quiet.auth(auth(1, "quiet")).await.expect("auth");
+    let mut talker = connect(&node, Transport::Ws).await;
+    talker.auth(auth(2, "talker")).await.expect("auth");
+
+    let grpc = node.grpc.clone();
+    let pusher = tokio::spawn(async move {
+        let mut grpc = grpc;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let push = BroadcastRoomReq {
+                room_id: "live://hb".to_owned(),
+                proto: Some(proto(1000, b"tick")),
+            };
+            if grpc.broadcast_room(push).await.is_err() {
+                return;
+            }
+        }
+    });
+    let talking = tokio::spawn(async move {
+        // Heartbeats every half second, for as long as the quiet client
+        // takes to be closed and a second more; pushes arrive meanwhile.
+        for _ in 0..10 {
+            talker.heartbeat().await.expect("the talker stays open");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        talker
+    });
+
+    let mut pushes = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let packet = quiet.recv().await.expect("packet");
+            match packet.op {
+                Op::DISCONNECT => break CloseBody::parse(&packet.body).expect("op 6 body"),
+                _ => pushes += 1,
+            }
+        }
+    });
+    let close = closed.await.expect("the quiet client is closed");
+    assert_eq!(close.close_reason(), Some(CloseReason::HeartbeatTimeout));
+    assert!(pushes >= 10, "pushes reached the quiet client: {pushes}");
+    let mut talker = talking.await.expect("talker");
+    talker
+        .heartbeat()
+        .await
+        .expect("still open after five seconds");
+    pusher.abort();
+}
+
 #[tokio::test]
 async fn client_messages_reach_logic_and_are_acked() {
     let mut logic = LogicNode::start().await;

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How often a bucket looks for silent connections: a silent client is
-/// closed between its limit and this much later.
+/// How often a bucket looks for silent connections. With the clock's whole
+/// seconds, a silent client is closed after its limit, and at most two
+/// seconds after it.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Whole seconds on the node's coarse clock (since its first reading).

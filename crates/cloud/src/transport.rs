@@ -169,7 +169,7 @@ impl Transport for TcpTransport {
 }
 
 /// Sends our FIN: the client reads everything written, then the end.
-pub(crate) fn shutdown_write(socket: &TcpStream) {
+fn shutdown_write(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 

@@ -76,15 +76,17 @@ impl State {
         shared
     }
 
-    /// Maps sized for a peak do not shrink by themselves; once they hold
-    /// under a quarter of what they could, they give the memory back.
     fn shrink(&mut self) {
-        if self.keys.capacity() > 64 && self.keys.len() < self.keys.capacity() / 4 {
-            self.keys.shrink_to_fit();
-        }
-        if self.mids.capacity() > 64 && self.mids.len() < self.mids.capacity() / 4 {
-            self.mids.shrink_to_fit();
-        }
+        shrink(&mut self.keys);
+        shrink(&mut self.mids);
+    }
+}
+
+/// Maps sized for a peak do not shrink by themselves; once one holds under
+/// a quarter of what it could, it gives the memory back.
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod conns;
 pub mod drain;
 pub mod fanout;
+pub mod httpfloor;
 pub mod ingest;
 mod jetstream;
 pub mod push;

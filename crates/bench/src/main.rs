@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use imcloud_bench::fanout::{self, Plan, Publisher};
-use imcloud_bench::{conns, drain, ingest, push, raw, token};
+use imcloud_bench::{conns, drain, httpfloor, ingest, push, raw, token};
 use imcloud_logic::DEVELOPMENT_SECRET;
 
 #[derive(Parser)]
-#[command(about = "imcloud benchmarks: conns, fanout, push, raw")]
+#[command(about = "imcloud benchmarks: conns, fanout, push, http-floor, raw")]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -125,6 +125,12 @@ enum Mode {
         /// Bytes per message (a mids command of imbench ingest is ~60).
         #[arg(long, default_value_t = 64)]
         size: usize,
+    },
+    /// Serve the HTTP floor for push requests (logic's HTTP stack answering
+    /// `POST /im/push/mids`, nothing delivered) until killed.
+    HttpFloor {
+        #[arg(long, default_value = "127.0.0.1:4111")]
+        listen: String,
     },
     /// Run the raw WebSocket writer (the reference) until killed.
     Raw {
@@ -253,6 +259,17 @@ async fn main() -> anyhow::Result<()> {
             commands,
             size,
         } => serde_json::to_string(&drain::run(&nats, commands, size).await?)?,
+        Mode::HttpFloor { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            eprintln!("http floor: http://{}/im/push/mids", listener.local_addr()?);
+            // Scripts stop it with SIGINT, which a background job ignores
+            // unless it asks for it.
+            tokio::select! {
+                served = httpfloor::serve(listener) => served?,
+                stopped = tokio::signal::ctrl_c() => stopped?,
+            }
+            return Ok(());
+        }
         Mode::Raw { ws, publish, tcp } => {
             let listeners = raw::Listeners {
                 ws: std::net::TcpListener::bind(&ws)?,

@@ -203,3 +203,19 @@ async fn drain_consumes_every_message() {
     assert_eq!(report.commands, 500);
     assert!(report.commands_per_sec > 0.0, "{report:?}");
 }
+
+#[tokio::test]
+async fn the_http_floor_answers_a_push_and_refuses_one_naming_nobody() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/im/push/mids", listener.local_addr().unwrap());
+    tokio::spawn(imcloud_bench::httpfloor::serve(listener));
+    let http = reqwest::Client::new();
+    let post = |body: &'static str| {
+        http.post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("mids=7&msg=hi").await.unwrap().status(), 200);
+    assert_eq!(post("msg=hi").await.unwrap().status(), 400);
+}

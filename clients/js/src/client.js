@@ -18,7 +18,8 @@ import { Sequencer } from './sequence.js';
  * @typedef {object} Identity
  * @property {number} mid
  * @property {string} key
- * @property {string} room_id
+ * @property {string} room_id the first of `rooms` (goim's field)
+ * @property {string[]} [rooms] every room joined at auth
  * @property {number} heartbeat seconds between heartbeats
  */
 
@@ -72,11 +73,25 @@ export function backoffDelay(attempt, backoff = {}, random = Math.random) {
   return Math.round(full * (1 - jitter * random()));
 }
 
+/**
+ * The answer to a room request (op 23 / 25, or a refused op 12).
+ * @returns {{room?: string, ok?: boolean, error?: string}}
+ */
+function roomAnswer(reply) {
+  try {
+    return JSON.parse(text(reply));
+  } catch {
+    return { error: `unexpected answer: ${text(reply)}` };
+  }
+}
+
 const REPLY = {
   [Op.SEND_MSG]: Op.SEND_MSG_REPLY,
   [Op.CHANGE_ROOM]: Op.CHANGE_ROOM_REPLY,
   [Op.WATCH]: Op.WATCH_REPLY,
   [Op.UNWATCH]: Op.UNWATCH_REPLY,
+  [Op.JOIN_ROOM]: Op.JOIN_ROOM_REPLY,
+  [Op.LEAVE_ROOM]: Op.LEAVE_ROOM_REPLY,
 };
 
 /**
@@ -89,6 +104,8 @@ const REPLY = {
  * - `'open'`: `(identity) => void` after each successful auth
  * - `'online'`: `(count) => void` the room's online count from each heartbeat reply
  * - `'close'`: `({code, reason, reconnect, retryAfterMs}) => void` when a connection ends
+ * - `'room-refused'`: `({room, error}) => void` when a room joined with `join()` could
+ *   not be joined again after a reconnect (it is then forgotten)
  * - `'state'`: `(state) => void` on every state change
  * - `'error'`: `(error) => void` for a frame that does not parse (the connection is then closed)
  */
@@ -124,8 +141,8 @@ export class Client {
     /** The last user message the app's handlers returned from (acknowledged soon). */
     this.handled = this.sequencer.last;
     this.acked = this.handled;
-    /** What to restore after a reconnect: the room changed to and the ops watched. */
-    this.wanted = { room: undefined, watched: new Set() };
+    /** What to restore after a reconnect: the room changed to, the rooms joined, the ops watched. */
+    this.wanted = { room: undefined, rooms: new Set(), watched: new Set() };
   }
 
   /**
@@ -187,7 +204,29 @@ export class Client {
    */
   async changeRoom(room) {
     this.wanted.room = room;
-    await this.request(Op.CHANGE_ROOM, room);
+    this.wanted.rooms.clear();
+    const reply = await this.request(Op.CHANGE_ROOM, room);
+    if (text(reply) !== room) throw new RequestError(roomAnswer(reply).error ?? 'refused');
+  }
+
+  /**
+   * Joins a room (`type://id`) beside the ones this connection is in (op 22);
+   * resolves once pushes to it reach this client, rejects with the server's
+   * reason (`max_rooms`, the token's `allow_rooms`, the join webhook). Joined
+   * again after every reconnect, until `leave`.
+   * @param {string} room
+   */
+  async join(room) {
+    const answer = roomAnswer(await this.request(Op.JOIN_ROOM, JSON.stringify({ room })));
+    if (answer.error) throw new RequestError(answer.error);
+    this.wanted.rooms.add(room);
+  }
+
+  /** Leaves a room (op 24), here and after reconnects. @param {string} room */
+  async leave(room) {
+    this.wanted.rooms.delete(room);
+    const answer = roomAnswer(await this.request(Op.LEAVE_ROOM, JSON.stringify({ room })));
+    if (answer.error) throw new RequestError(answer.error);
   }
 
   /**
@@ -366,11 +405,21 @@ export class Client {
     this.emit('open', identity);
   }
 
-  /** Puts back the room and watched ops the application asked for. */
+  /** Puts back the rooms and watched ops the application asked for. */
   restore() {
-    const { room, watched } = this.wanted;
+    const { room, rooms, watched } = this.wanted;
     if (room !== undefined && room !== this.identity?.room_id) {
       this.request(Op.CHANGE_ROOM, room).catch(() => {});
+    }
+    const atAuth = new Set(this.identity?.rooms ?? []);
+    for (const joined of rooms) {
+      if (atAuth.has(joined)) continue;
+      this.request(Op.JOIN_ROOM, JSON.stringify({ room: joined }))
+        .then((reply) => {
+          const { error } = roomAnswer(reply);
+          if (error && this.wanted.rooms.delete(joined)) this.emit('room-refused', { room: joined, error });
+        })
+        .catch(() => {});
     }
     if (watched.size > 0) this.request(Op.WATCH, [...watched].join(',')).catch(() => {});
   }

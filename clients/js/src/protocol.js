@@ -26,6 +26,10 @@ export const Op = Object.freeze({
   RESUME: 18,
   RESUMED: 19,
   ACK: 20,
+  JOIN_ROOM: 22,
+  JOIN_ROOM_REPLY: 23,
+  LEAVE_ROOM: 24,
+  LEAVE_ROOM_REPLY: 25,
   FIRST_BUSINESS: 1000,
 });
 

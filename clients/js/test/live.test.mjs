@@ -125,3 +125,35 @@ test('a message pushed while the page was away arrives once it is back, once', {
   assert.deepEqual(seen, [`${lastSeq + 1}:while away`, `${lastSeq + 2}:live`]);
   after.close();
 });
+
+test('several rooms at once: join, leave, a refusal, and every room back after a reconnect', { skip }, async () => {
+  const client = new Client({ url: ws, token: () => token(9005, 'dm://9005'), backoff: { initialMs: 10 } });
+  const me = await client.connect();
+  assert.deepEqual(me.rooms, ['dm://9005']);
+  await client.join('group://sdk-a');
+  await client.join('group://sdk-b');
+  await client.join('group://sdk-b'); // joined already: ok
+  for (const [type, room] of [['dm', '9005'], ['group', 'sdk-a'], ['group', 'sdk-b']]) {
+    const got = next(client, 1000);
+    await call('/im/push/room', { type, room, operation: 1000, msg: `to ${room}` });
+    assert.equal(text((await got)[0]), `to ${room}`);
+  }
+  await assert.rejects(client.join('Group://x'), /room type/);
+
+  await client.leave('group://sdk-a');
+  const after = next(client, 1000);
+  await call('/im/push/room', { type: 'group', room: 'sdk-a', operation: 1000, msg: 'left' });
+  await call('/im/push/room', { type: 'group', room: 'sdk-b', operation: 1000, msg: 'still in' });
+  assert.equal(text((await after)[0]), 'still in', 'nothing from the room left');
+
+  // The connection drops; the client reconnects and joins group://sdk-b again.
+  const reopened = new Promise((resolve) => client.on('open', resolve));
+  client.socket.close(4000, 'test: drop');
+  await reopened;
+  // The server answers in order: once this join is answered, the rejoin was too.
+  await client.join('group://sdk-c');
+  const back = next(client, 1000);
+  await call('/im/push/room', { type: 'group', room: 'sdk-b', operation: 1000, msg: 'back' });
+  assert.equal(text((await back)[0]), 'back');
+  client.close();
+});

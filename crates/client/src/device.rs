@@ -54,6 +54,10 @@ pub struct Device<C> {
     heartbeat: Duration,
     next_heartbeat: Instant,
     connections: u64,
+    /// Rooms joined with [`Device::join`], joined again on every reconnect.
+    rooms: Vec<String>,
+    /// Rooms a reconnect could not join again, told by the next `next`s.
+    lost_rooms: Vec<ClientError>,
 }
 
 impl<C: Connector> Device<C> {
@@ -71,6 +75,8 @@ impl<C: Connector> Device<C> {
             heartbeat: Duration::from_secs(30),
             next_heartbeat: Instant::now(),
             connections: 0,
+            rooms: Vec::new(),
+            lost_rooms: Vec::new(),
         }
     }
 
@@ -93,6 +99,28 @@ impl<C: Connector> Device<C> {
         Ok(())
     }
 
+    /// Joins `room` (connecting first if need be), and joins it again after
+    /// every reconnect until [`Device::leave`].
+    pub async fn join(&mut self, room: &str) -> Result<(), ClientError> {
+        self.online().await?;
+        if let Some(client) = &mut self.client {
+            client.join(room).await?;
+        }
+        if !self.rooms.iter().any(|joined| joined == room) {
+            self.rooms.push(room.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Leaves `room`, here and on later reconnects.
+    pub async fn leave(&mut self, room: &str) -> Result<(), ClientError> {
+        self.rooms.retain(|joined| joined != room);
+        if let Some(client) = &mut self.client {
+            client.leave(room).await?;
+        }
+        Ok(())
+    }
+
     /// Drops the connection as a network would (no goodbye); the next call
     /// to [`Device::next`] reconnects and resumes.
     pub fn cut(&mut self) {
@@ -102,6 +130,10 @@ impl<C: Connector> Device<C> {
     /// The next event for the app. Calling it again means the app handled
     /// the previous one: that is when it is acknowledged. Fails only when
     /// the token is refused; every other failure is a reconnect.
+    ///
+    /// A room a reconnect could not join again (the server refused it
+    /// this time) is dropped from the device's rooms and returned once as
+    /// [`ClientError::Room`]; the device goes on.
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         if self.handing > self.handled {
             self.handled = self.handing;
@@ -110,6 +142,9 @@ impl<C: Connector> Device<C> {
         }
         let mut backoff = Duration::from_millis(20);
         loop {
+            if !self.lost_rooms.is_empty() {
+                return Err(self.lost_rooms.remove(0));
+            }
             if let Some(event) = self.sequencer.pop() {
                 if let Event::Message(packet) = &event
                     && packet.seq > 0
@@ -149,6 +184,16 @@ impl<C: Connector> Device<C> {
         self.next_heartbeat = Instant::now() + self.heartbeat;
         client.resume(self.sequencer.last()).await?;
         self.sequencer.resuming();
+        for room in self.rooms.clone() {
+            match client.join(&room).await {
+                Ok(()) => {}
+                Err(refused @ ClientError::Room { .. }) => {
+                    self.rooms.retain(|joined| *joined != room);
+                    self.lost_rooms.push(refused);
+                }
+                Err(err) => return Err(err),
+            }
+        }
         self.client = Some(client);
         Ok(())
     }

@@ -44,6 +44,14 @@ pub enum ClientError {
     /// The server's reply was not what the protocol says.
     #[error("unexpected reply: {0}")]
     Unexpected(String),
+    /// The server refused to join (or leave) a room; the connection goes on.
+    #[error("room {room}: {reason}")]
+    Room {
+        /// The room asked for.
+        room: String,
+        /// The server's reason (`max_rooms`, `allow_rooms`, the join webhook...).
+        reason: String,
+    },
 }
 
 /// The identity the server confirmed in op 8.
@@ -53,8 +61,11 @@ pub struct AuthReply {
     pub mid: i64,
     /// This connection's key.
     pub key: String,
-    /// The room joined at auth, empty for none.
+    /// The first room joined at auth, empty for none (goim's field).
     pub room_id: String,
+    /// Every room joined at auth.
+    #[serde(default)]
+    pub rooms: Vec<String>,
     /// Heartbeat interval, in seconds.
     pub heartbeat: u64,
 }
@@ -227,6 +238,37 @@ impl Client {
         self.request(Op::CHANGE_ROOM, room.to_owned())
             .await
             .map(drop)
+    }
+
+    /// Joins `room` (op 22) beside the rooms this connection is in; once
+    /// this returns, pushes to the room reach it. A refusal is
+    /// [`ClientError::Room`], with the server's reason.
+    pub async fn join(&mut self, room: &str) -> Result<(), ClientError> {
+        self.room_request(Op::JOIN_ROOM, room).await
+    }
+
+    /// Leaves `room` (op 24).
+    pub async fn leave(&mut self, room: &str) -> Result<(), ClientError> {
+        self.room_request(Op::LEAVE_ROOM, room).await
+    }
+
+    async fn room_request(&mut self, op: Op, room: &str) -> Result<(), ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            error: Option<String>,
+        }
+        let body = serde_json::json!({ "room": room }).to_string();
+        let reply = self.request(op, body).await?;
+        let answer: Answer = serde_json::from_slice(&reply.body)
+            .map_err(|err| ClientError::Unexpected(format!("{}: {err}", reply.op)))?;
+        match answer.error {
+            None => Ok(()),
+            Some(reason) => Err(ClientError::Room {
+                room: room.to_owned(),
+                reason,
+            }),
+        }
     }
 
     /// Adds ops to this connection's accepts (op 14).

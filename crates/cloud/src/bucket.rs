@@ -41,7 +41,8 @@ pub(crate) struct Member {
     /// The user, for re-registering the session with logic.
     pub(crate) mid: i64,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) room: Option<RoomId>,
+    /// The rooms it is in, in the order joined (the first is goim's room).
+    pub(crate) rooms: Vec<RoomId>,
     /// Business ops this connection wants from `Broadcast` (and from key
     /// pushes that name an op).
     pub(crate) accepts: Vec<u32>,
@@ -68,10 +69,11 @@ enum Command {
         key: Key,
         id: u64,
     },
-    ChangeRoom {
+    /// The member's rooms are now these (a join, a leave, op 12).
+    SetRooms {
         key: Key,
         id: u64,
-        room: Option<RoomId>,
+        rooms: Vec<RoomId>,
     },
     Watch {
         key: Key,
@@ -191,19 +193,19 @@ impl Bucket {
                 if self.members.get(&key).is_some_and(|m| m.id == id)
                     && let Some(member) = self.members.remove(&key)
                 {
-                    self.leave_room(&member);
+                    self.leave_rooms(&member);
                     shrink(&mut self.members);
                     shrink(&mut self.rooms);
                 }
             }
-            Command::ChangeRoom { key, id, room } => {
+            Command::SetRooms { key, id, rooms } => {
                 let Some(mut member) = self.members.remove(&key) else {
                     return;
                 };
                 if member.id == id {
-                    self.leave_room(&member);
-                    member.room = room;
-                    self.join_room(&member);
+                    self.leave_rooms(&member);
+                    member.rooms = rooms;
+                    self.join_rooms(&member);
                 }
                 self.members.insert(key, member);
             }
@@ -314,9 +316,9 @@ impl Bucket {
 
     /// Adds a member; an older connection with the same key is kicked.
     fn register(&mut self, key: Key, member: Member) {
-        self.join_room(&member);
+        self.join_rooms(&member);
         if let Some(old) = self.members.insert(key, member) {
-            self.leave_room(&old);
+            self.leave_rooms(&old);
             old.outbox.close(CloseBody::new(
                 CloseReason::Kicked,
                 Some("a newer connection logged in with the same key"),
@@ -324,8 +326,8 @@ impl Bucket {
         }
     }
 
-    fn join_room(&mut self, member: &Member) {
-        if let Some(room) = &member.room {
+    fn join_rooms(&mut self, member: &Member) {
+        for room in &member.rooms {
             self.rooms
                 .entry(room.clone())
                 .or_default()
@@ -333,14 +335,15 @@ impl Bucket {
         }
     }
 
-    fn leave_room(&mut self, member: &Member) {
-        let Some(room) = &member.room else { return };
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(&member.id);
-            if members.is_empty() {
-                self.rooms.remove(room);
-            } else {
-                shrink(members);
+    fn leave_rooms(&mut self, member: &Member) {
+        for room in &member.rooms {
+            if let Some(members) = self.rooms.get_mut(room) {
+                members.remove(&member.id);
+                if members.is_empty() {
+                    self.rooms.remove(room);
+                } else {
+                    shrink(members);
+                }
             }
         }
     }
@@ -443,13 +446,14 @@ impl BucketHandle {
         self.send(Command::Unregister { key, id }).await
     }
 
-    pub(crate) async fn change_room(
+    /// Makes `rooms` the member's rooms, in place of the ones it had.
+    pub(crate) async fn set_rooms(
         &self,
         key: Key,
         id: u64,
-        room: Option<RoomId>,
+        rooms: Vec<RoomId>,
     ) -> Result<(), BucketGone> {
-        self.send(Command::ChangeRoom { key, id, room }).await
+        self.send(Command::SetRooms { key, id, rooms }).await
     }
 
     pub(crate) async fn watch(

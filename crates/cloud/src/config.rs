@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// default is 128 KiB per connection.
 pub const DEFAULT_WS_READ_BUFFER: usize = 128;
 
+/// Rooms per connection, unless configured.
+pub const DEFAULT_MAX_ROOMS: usize = 32;
+
 /// Configuration of one cloud node.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,6 +65,9 @@ pub struct CloudConfig {
     /// Per-connection send queue, in packets. A client that lets it fill is
     /// closed as a slow consumer.
     pub send_queue: usize,
+    /// Rooms one connection may be in at once (its token's rooms count);
+    /// a join over it is refused, and the connection goes on.
+    pub max_rooms: usize,
     /// Minimum time between two session renewals (logic `Heartbeat`) of one
     /// connection. Must be well inside logic's session TTL.
     #[serde(with = "humantime_serde")]
@@ -117,6 +123,7 @@ impl Default for CloudConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             buckets: 0,
             send_queue: DEFAULT_SEND_QUEUE,
+            max_rooms: DEFAULT_MAX_ROOMS,
             renew_interval: DEFAULT_RENEW_INTERVAL,
             online_report_interval: DEFAULT_ONLINE_REPORT_INTERVAL,
             logic_probe_interval: DEFAULT_LOGIC_PROBE_INTERVAL,

@@ -175,13 +175,10 @@ async fn authenticate<T: Transport>(
             "logic returned no key",
         ));
     }
-    let room = match reply.room_id.as_str() {
-        "" => None,
-        room => Some(RoomId::parse(room).map_err(|err| {
-            ctx.metrics.auth_failed(CloseReason::AuthFailed);
-            End::close(CloseReason::AuthFailed, format!("the token's room: {err}"))
-        })?),
-    };
+    let rooms = Rooms::from_reply(&reply, ctx.limits.max_rooms).map_err(|why| {
+        ctx.metrics.auth_failed(CloseReason::AuthFailed);
+        End::close(CloseReason::AuthFailed, why)
+    })?;
 
     let key: Key = reply.key.as_str().into();
     let heartbeat = u64::try_from(reply.heartbeat)
@@ -208,7 +205,7 @@ async fn authenticate<T: Transport>(
         id: ctx.next_id.fetch_add(1, Ordering::Relaxed),
         mid: reply.mid,
         key: key.clone(),
-        room: room.clone(),
+        rooms: (!rooms.joined().is_empty() || rooms.restricts()).then(|| Box::new(rooms)),
         heartbeat,
         outbox,
         hold: resume_wait.map(|wait| Box::pin(sleep(wait))),
@@ -224,7 +221,11 @@ async fn authenticate<T: Transport>(
         id: session.id,
         mid: session.mid,
         outbox: session.outbox.clone(),
-        room,
+        rooms: session
+            .rooms
+            .as_ref()
+            .map(|rooms| rooms.joined().to_vec())
+            .unwrap_or_default(),
         accepts: reply
             .accepts
             .iter()
@@ -245,7 +246,8 @@ async fn authenticate<T: Transport>(
     let identity = AuthReply {
         mid: reply.mid,
         key: &session.key,
-        room_id: session.room.as_deref().unwrap_or(""),
+        room_id: session.first_room().map_or("", |room| room),
+        rooms: session.rooms.as_ref().map_or(&[], |rooms| rooms.joined()),
         heartbeat: session.heartbeat.as_secs(),
     };
     let body = serde_json::to_vec(&identity).unwrap_or_default();
@@ -254,12 +256,13 @@ async fn authenticate<T: Transport>(
     Ok(session)
 }
 
-/// The body of op 8.
+/// The body of op 8: `room_id` is the first of `rooms`, for goim clients.
 #[derive(Serialize)]
 struct AuthReply<'a> {
     mid: i64,
     key: &'a str,
     room_id: &'a str,
+    rooms: &'a [RoomId],
     heartbeat: u64,
 }
 
@@ -268,7 +271,8 @@ struct Session {
     id: u64,
     mid: i64,
     key: Key,
-    room: Option<RoomId>,
+    /// `None` until the connection is in a room or its token limits joins.
+    rooms: Option<Box<Rooms>>,
     heartbeat: Duration,
     outbox: Arc<Outbox>,
     /// While set, the outbox holds user pushes: until the client's first
@@ -505,7 +509,9 @@ async fn linger<T: Transport>(transport: &mut T, cut: &CancellationToken) -> boo
 
 mod context;
 mod requests;
+mod rooms;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use context::{ConnContext, ConnLimits, Shutdown};
+use rooms::Rooms;

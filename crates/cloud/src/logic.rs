@@ -2,7 +2,7 @@
 //! (tower's timeout) and carries the API key (an interceptor), and is
 //! balanced over the logic nodes discovery reports.
 //!
-//! Connections see logic only through [`SessionLogic`], the four calls a
+//! Connections see logic only through [`SessionLogic`], the calls a
 //! connection makes, so a session can be tested against a fake.
 
 use std::collections::{HashMap, HashSet};
@@ -17,8 +17,8 @@ use imcloud_discovery::ServiceNode;
 use imcloud_proto::cloud::Proto;
 use imcloud_proto::logic::logic_client::LogicClient as GrpcClient;
 use imcloud_proto::logic::{
-    AckReq, ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, InboxReply, InboxReq, OnlineReq,
-    PingReq, ReceiveReq, RenewSessionsReq, Session,
+    AckReq, ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, InboxReply, InboxReq, JoinReq,
+    OnlineReq, PingReq, ReceiveReq, RenewSessionsReq, Session,
 };
 use imcloud_protocol::Packet;
 use tokio::sync::{Semaphore, watch};
@@ -37,10 +37,10 @@ pub struct BadLogicAddr {
     source: tonic::transport::Error,
 }
 
-/// Why logic did not authenticate a client.
+/// Why logic did not authenticate a client, or let it join a room.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
-    /// Logic refused the token.
+    /// Logic refused the token (or the join).
     #[error("{0}")]
     Refused(String),
     /// Logic could not be asked (down, overloaded, too slow).
@@ -64,6 +64,8 @@ pub(crate) trait SessionLogic: Send + Sync + 'static {
     /// Records a device's cumulative ack (op 20); `InvalidArgument` when it
     /// is above the user's latest sequence number.
     async fn ack(&self, mid: i64, ack: u64) -> Result<(), Status>;
+    /// Whether this connection may join `room` (logic's join webhook).
+    async fn join(&self, mid: i64, key: &str, room: &str) -> Result<(), AuthError>;
 }
 
 /// Every call carries the API key and has a deadline. The deadline is the
@@ -248,6 +250,19 @@ impl SessionLogic for LogicClient {
             _ => self.outage.record("acks", &result),
         }
         result
+    }
+
+    async fn join(&self, mid: i64, key: &str, room: &str) -> Result<(), AuthError> {
+        let request = JoinReq {
+            mid,
+            key: key.to_owned(),
+            server: self.server_id.clone(),
+            room: room.to_owned(),
+        };
+        match self.client.clone().join(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(auth_error(&status)),
+        }
     }
 }
 

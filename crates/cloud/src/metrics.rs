@@ -33,7 +33,7 @@ struct KindLabel {
 }
 
 /// The limits `limits_hit` counts.
-const LIMITS: [&str; 6] = [
+const LIMITS: [&str; 7] = [
     "connections",
     "connections_per_ip",
     "handshake_timeout",
@@ -41,6 +41,8 @@ const LIMITS: [&str; 6] = [
     "send_queue",
     // Drained clients still connected when the drain grace ran out.
     "drain_grace",
+    // Joins refused: the connection was in max_rooms rooms already.
+    "max_rooms",
 ];
 
 /// What a push was addressed to.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use imcloud_protocol::{CloseBody, CloseReason};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -255,6 +256,7 @@ async fn serve(parts: Parts, listeners: Listeners) -> Result<(), CloudError> {
         draining: shutdown.stop.clone(),
     };
     let http = tokio::spawn(http::serve(listeners.http, status, demo, apis_stop.clone()));
+    let report_rooms = Arc::new(Notify::new());
     let reporter = tokio::spawn(online::report(
         Reporter {
             buckets: buckets.clone(),
@@ -262,6 +264,7 @@ async fn serve(parts: Parts, listeners: Listeners) -> Result<(), CloudError> {
             online: online.clone(),
             metrics: metrics.clone(),
             interval: config.online_report_interval,
+            now: report_rooms.clone(),
         },
         apis_stop.clone(),
     ));
@@ -269,6 +272,7 @@ async fn serve(parts: Parts, listeners: Listeners) -> Result<(), CloudError> {
         buckets.clone(),
         logic.clone(),
         config.logic_probe_interval,
+        report_rooms,
         apis_stop.clone(),
     ));
     let doorway = Arc::new(Doorway {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -56,6 +57,9 @@ pub(crate) struct Reporter {
     pub(crate) online: Arc<Online>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) interval: Duration,
+    /// Reports at once, between ticks: after logic's store lost its state,
+    /// the rooms here are routed again within a probe, not a report period.
+    pub(crate) now: Arc<Notify>,
 }
 
 pub(crate) async fn report(reporter: Reporter, stop: CancellationToken) {
@@ -65,6 +69,7 @@ pub(crate) async fn report(reporter: Reporter, stop: CancellationToken) {
         online,
         metrics,
         interval,
+        now,
     } = reporter;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,6 +78,7 @@ pub(crate) async fn report(reporter: Reporter, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+            () = now.notified() => {}
         }
         let Ok(rooms) = buckets.room_counts().await else {
             return;

@@ -6,8 +6,10 @@
 //! Logic's `Ping` answers the store's epoch, which changes exactly when the
 //! store lost its sessions; this task asks every `probe_interval`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,11 +19,14 @@ use crate::logic::LogicClient;
 /// Sessions per `RenewSessions` call.
 const BATCH: usize = 1000;
 
-/// Watches the store's epoch and re-registers every session when it changes.
+/// Watches the store's epoch and re-registers every session when it
+/// changes, and has the room counts reported at once (they route room
+/// pushes to this node).
 pub(crate) async fn keep(
     buckets: Buckets,
     logic: LogicClient,
     probe_interval: Duration,
+    report_rooms: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(probe_interval);
@@ -44,6 +49,7 @@ pub(crate) async fn keep(
             let Ok(sessions) = buckets.sessions().await else {
                 return;
             };
+            report_rooms.notify_one();
             let count = sessions.len();
             if let Err(status) = renew_all(&logic, sessions).await {
                 warn!(error = %status.message(), "re-registering sessions with logic failed; retrying");

@@ -60,6 +60,7 @@ async fn clients_authenticate_over_both_transports() {
                 mid: 7,
                 key: key.clone(),
                 room_id: "live://1".to_owned(),
+                rooms: vec!["live://1".to_owned()],
                 heartbeat: 30,
             },
             "{transport:?}"

@@ -195,6 +195,11 @@ pub struct LogicConfig {
     pub call_timeout: Duration,
     /// Where client messages (op 4) are POSTed; none = logged and counted only.
     pub receive_webhook: Option<String>,
+    /// Asked before a connection joins a room (op 22, op 12): POSTed
+    /// `{"mid","key","room"}`, a 2xx lets it in, 401/403 refuses it with
+    /// the answer's body as the reason. None: joins are checked only against
+    /// the token's `allow_rooms`.
+    pub join_webhook: Option<String>,
     /// Most keys or mids one push request may name.
     pub max_push_targets: usize,
     /// Largest push request body, in bytes.
@@ -260,6 +265,7 @@ impl Default for LogicConfig {
             online_ttl: DEFAULT_ONLINE_TTL,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             receive_webhook: None,
+            join_webhook: None,
             max_push_targets: DEFAULT_MAX_PUSH_TARGETS,
             max_push_body: DEFAULT_MAX_PUSH_BODY,
             session_store: SessionStoreKind::Memory,

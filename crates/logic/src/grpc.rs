@@ -21,7 +21,15 @@ use crate::nodes::Advisor;
 use crate::push::{Delivered, Message, PushError, Target};
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::TokenVerifier;
-use crate::webhook::{Posted, Webhook};
+use crate::webhook::{Posted, Verdict, Webhook};
+
+/// What the join webhook is asked.
+#[derive(serde::Serialize)]
+struct JoinQuestion<'a> {
+    mid: i64,
+    key: &'a str,
+    room: &'a RoomId,
+}
 
 /// What the gRPC API reaches.
 pub(crate) struct LogicService {
@@ -33,6 +41,8 @@ pub(crate) struct LogicService {
     pub(crate) metrics: Arc<Metrics>,
     /// Where client messages (op 4) go, if anywhere.
     pub(crate) receive_webhook: Option<Webhook>,
+    /// Who decides whether a connection may join a room, if anyone.
+    pub(crate) join_webhook: Option<Webhook>,
     /// The heartbeat interval clients are told.
     pub(crate) heartbeat: Duration,
     /// How long cloud nodes hold a new connection's user pushes (see
@@ -131,6 +141,15 @@ impl Logic for LogicService {
         self.store
             .connect(identity.mid, &key, &request.server)
             .await?;
+        let rooms: Vec<String> = identity
+            .room_id
+            .iter()
+            .chain(&identity.rooms)
+            .map(ToString::to_string)
+            .collect();
+        // Routed before the client hears it is in: a push sent once it is
+        // told reaches its node.
+        self.store.route_rooms(&request.server, &rooms).await?;
         self.metrics.connect(true);
         debug!(mid = identity.mid, %key, server = %request.server, "client connected");
         Ok(Response::new(ConnectReply {
@@ -143,7 +162,36 @@ impl Logic for LogicService {
             accepts: identity.accepts,
             heartbeat: self.heartbeat.as_secs() as i64,
             resume_wait_ms: self.resume_wait.as_millis() as i64,
+            rooms: identity.rooms.iter().map(ToString::to_string).collect(),
+            allow_rooms: identity.allow_rooms,
         }))
+    }
+
+    async fn join(&self, request: Request<JoinReq>) -> Result<Response<JoinReply>, Status> {
+        let request = request.into_inner();
+        let room = RoomId::parse(&request.room)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        if let Some(webhook) = &self.join_webhook {
+            let question = JoinQuestion {
+                mid: request.mid,
+                key: &request.key,
+                room: &room,
+            };
+            match webhook.ask(&question).await {
+                Ok(Verdict::Yes) => {}
+                Ok(Verdict::No(reason)) => {
+                    self.metrics.join_refused();
+                    return Err(Status::permission_denied(reason));
+                }
+                Err(err) => return Err(Status::unavailable(format!("join webhook: {err}"))),
+            }
+        }
+        // Routed before the join is answered: a push sent once the client
+        // is told it is in reaches its node, through any logic node.
+        self.store
+            .route_rooms(&request.server, &[room.to_string()])
+            .await?;
+        Ok(Response::new(JoinReply {}))
     }
 
     async fn disconnect(

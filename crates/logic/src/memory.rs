@@ -36,6 +36,9 @@ struct State {
     servers: HashSet<Arc<str>>,
     /// server -> (room counts, reported at).
     online: HashMap<String, (HashMap<String, i32>, Instant)>,
+    /// room -> server -> when it last said it has members (see
+    /// [`SessionStore::route_rooms`]).
+    routes: HashMap<String, HashMap<Arc<str>, Instant>>,
     last_sweep: Option<Instant>,
 }
 
@@ -79,6 +82,23 @@ impl State {
     fn shrink(&mut self) {
         shrink(&mut self.keys);
         shrink(&mut self.mids);
+    }
+}
+
+/// Notes that `server` has members of `room` at `now`.
+fn route(
+    routes: &mut HashMap<String, HashMap<Arc<str>, Instant>>,
+    room: &str,
+    server: &Arc<str>,
+    now: Instant,
+) {
+    match routes.get_mut(room) {
+        Some(servers) => {
+            servers.insert(server.clone(), now);
+        }
+        None => {
+            routes.insert(room.to_owned(), HashMap::from([(server.clone(), now)]));
+        }
     }
 }
 
@@ -225,9 +245,20 @@ impl SessionStore for MemoryStore {
         server: &str,
         rooms: HashMap<String, i32>,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .online
-            .insert(server.to_owned(), (rooms, Instant::now()));
+        let now = Instant::now();
+        let mut state = self.lock();
+        let shared = state.server(server);
+        for room in rooms.keys() {
+            route(&mut state.routes, room, &shared, now);
+        }
+        state.online.insert(server.to_owned(), (rooms, now));
+        // Rooms nobody has named for the online TTL are forgotten.
+        let ttl = self.online_ttl;
+        state.routes.retain(|_, servers| {
+            servers.retain(|_, at| now - *at <= ttl);
+            !servers.is_empty()
+        });
+        shrink(&mut state.routes);
         Ok(())
     }
 
@@ -247,6 +278,28 @@ impl SessionStore for MemoryStore {
             online.servers.insert(server.clone(), load);
         }
         Ok(online)
+    }
+
+    async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let shared = state.server(server);
+        for room in rooms {
+            route(&mut state.routes, room, &shared, now);
+        }
+        Ok(())
+    }
+
+    async fn room_servers(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let state = self.lock();
+        Ok(state.routes.get(room).map_or_else(Vec::new, |servers| {
+            servers
+                .iter()
+                .filter(|(_, at)| now - **at <= self.online_ttl)
+                .map(|(server, _)| server.to_string())
+                .collect()
+        }))
     }
 }
 

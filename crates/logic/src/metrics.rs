@@ -26,6 +26,8 @@ pub struct Metrics {
     registry: Registry,
     pushed: Family<KindLabel, Counter>,
     connects: Family<ResultLabel, Counter>,
+    /// Room joins the join webhook refused.
+    joins_refused: Counter,
     received: Counter,
     /// Messages numbered and kept in users' inboxes (one per user).
     stored: Counter,
@@ -76,6 +78,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("imcloud_logic");
         let pushed = Family::<KindLabel, Counter>::default();
         let connects = Family::<ResultLabel, Counter>::default();
+        let joins_refused = Counter::default();
         let received = Counter::default();
         let stored = Counter::default();
         let acks = Counter::default();
@@ -126,6 +129,11 @@ impl Default for Metrics {
             "connects",
             "Client auth attempts, by result",
             connects.clone(),
+        );
+        registry.register(
+            "joins_refused",
+            "Room joins the join webhook refused",
+            joins_refused.clone(),
         );
         registry.register(
             "received",
@@ -190,6 +198,7 @@ impl Default for Metrics {
             registry,
             pushed,
             connects,
+            joins_refused,
             received,
             stored,
             acks,
@@ -222,6 +231,10 @@ impl Metrics {
     pub(crate) fn connect(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.connects.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub(crate) fn join_refused(&self) {
+        self.joins_refused.inc();
     }
 
     /// How many requests `limit` refused.

@@ -211,6 +211,10 @@ impl Logic {
                 .receive_webhook
                 .clone()
                 .map(|url| webhook::Webhook::new(url, config.call_timeout)),
+            join_webhook: config
+                .join_webhook
+                .clone()
+                .map(|url| webhook::Webhook::new(url, config.call_timeout)),
             heartbeat: config.heartbeat,
             // Nothing to resume without an inbox: no hold.
             resume_wait: if config.inbox_max == 0 {

@@ -157,7 +157,7 @@ pub(crate) enum Target {
     Keys(Vec<String>),
     /// Users: every key of each.
     Mids(Vec<i64>),
-    /// A room's members, on every cloud node.
+    /// A room's members, on the cloud nodes that hold some.
     Room(RoomId),
     /// Every connection that accepts the op, `speed` connections per
     /// second (0: at once).
@@ -319,17 +319,38 @@ impl Pusher {
         settle(results, true)
     }
 
-    /// Pushes to a room on every cloud node.
+    /// Pushes to a room on the cloud nodes that hold its members (see
+    /// [`SessionStore::route_rooms`]), and on no other: a room with nobody
+    /// in it anywhere is answered `nodes: 0`.
     async fn push_room(&self, room: RoomId, message: Message) -> Result<Delivered, PushError> {
+        let routed = self.store.room_servers(&room).await?;
+        let nodes = self.clouds.nodes();
+        if nodes.is_empty() {
+            return Err(PushError::NoCloudReachable(
+                "no cloud node is known".to_owned(),
+            ));
+        }
+        // A node discovery no longer reports is not called, whatever the
+        // store still says of it.
+        let targets: Vec<_> = nodes
+            .into_iter()
+            .filter(|node| routed.contains(&node.id))
+            .map(|node| (node, Batch::default()))
+            .collect();
         let proto = message.proto();
-        self.to_every_node("room", |link| {
-            let request = BroadcastRoomReq {
-                room_id: room.to_string(),
-                proto: Some(proto.clone()),
-            };
-            async move { link.courier.deliver(Kind::Room(request)).await }
-        })
-        .await
+        let results = self
+            .clouds
+            .fan_out(targets, |link, _| {
+                let request = BroadcastRoomReq {
+                    room_id: room.to_string(),
+                    proto: Some(proto.clone()),
+                };
+                async move { link.courier.deliver(Kind::Room(request)).await }
+            })
+            .await;
+        let delivered = settle(results, false).reached_some()?;
+        self.metrics.pushed("room", delivered.nodes);
+        Ok(delivered)
     }
 
     /// Pushes to every connection that accepts the op, on every cloud node;

@@ -128,6 +128,23 @@ impl RedisStore {
         format!("{}ol_{server}", self.prefix)
     }
 
+    /// `rr_<room>`: server -> when it last said it has members (unix ms).
+    fn route_key(&self, room: &str) -> String {
+        format!("{}rr_{room}", self.prefix)
+    }
+
+    /// Adds to `pipe` what routes `rooms` to `server` at `now`: the
+    /// server's field, and the key's expiry (twice the online TTL, so a
+    /// room nobody names is forgotten).
+    fn route(&self, pipe: &mut redis::Pipeline, server: &str, rooms: &[&str], now: i64) {
+        let expiry = (self.online_ttl.as_millis() as i64).max(1_000) * 2;
+        for room in rooms {
+            let key = self.route_key(room);
+            pipe.hset(&key, server, now).ignore();
+            pipe.pexpire(&key, expiry).ignore();
+        }
+    }
+
     fn epoch_key(&self) -> String {
         format!("{}epoch", self.prefix)
     }
@@ -316,21 +333,46 @@ impl SessionStore for RedisStore {
             .map(|(room, n)| (room, i64::from(n)))
             .collect();
         fields.push((UPDATED.to_owned(), now));
-        self.run(async |mut conn| {
-            redis::pipe()
-                .atomic()
-                .del(&online_key)
-                .ignore()
-                .hset_multiple(&online_key, &fields)
-                .ignore()
-                .expire(&online_key, ttl)
-                .ignore()
-                .zadd(&servers_key, server, now)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await
+        let rooms: Vec<&str> = fields[..fields.len() - 1]
+            .iter()
+            .map(|(room, _)| room.as_str())
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&online_key)
+            .ignore()
+            .hset_multiple(&online_key, &fields)
+            .ignore()
+            .expire(&online_key, ttl)
+            .ignore()
+            .zadd(&servers_key, server, now)
+            .ignore();
+        self.route(&mut pipe, server, &rooms, now);
+        self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
+            .await
+    }
+
+    async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
+        let mut pipe = redis::pipe();
+        self.route(&mut pipe, server, &rooms, unix_ms());
+        self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
+            .await
+    }
+
+    async fn room_servers(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.route_key(room);
+        let said: HashMap<String, i64> =
+            self.run(async |mut conn| conn.hgetall(&key).await).await?;
+        let oldest = unix_ms() - self.online_ttl.as_millis() as i64;
+        Ok(said
+            .into_iter()
+            .filter(|(_, at)| *at >= oldest)
+            .map(|(server, _)| server)
+            .collect())
     }
 
     async fn online(&self) -> Result<Online, StoreError> {

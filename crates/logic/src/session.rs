@@ -1,5 +1,6 @@
 //! The session store: which connection keys a user has, which cloud node
-//! holds each key, and each cloud node's room counts. In memory for one
+//! holds each key, each cloud node's room counts, and which cloud nodes
+//! hold members of each room (where room pushes go). In memory for one
 //! logic node; Redis (same layout as goim) for several.
 
 use std::collections::HashMap;
@@ -70,4 +71,16 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// The counts of every node that reported within the online TTL.
     async fn online(&self) -> Result<Online, StoreError>;
+
+    /// Notes that `server` has members of `rooms` now (a join, or a client
+    /// whose token named rooms): room pushes call it for them from this
+    /// moment, and until the online TTL passes with neither a report nor
+    /// another join naming the room there. Leaves do not unroute: a node
+    /// called for a room it no longer holds only ignores the push, while a
+    /// node missed would lose it.
+    async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError>;
+
+    /// The servers room pushes to `room` go to (see [`Self::route_rooms`];
+    /// a report naming the room routes it too).
+    async fn room_servers(&self, room: &str) -> Result<Vec<String>, StoreError>;
 }

@@ -80,4 +80,14 @@ impl SessionStore for TimedStore {
     async fn online(&self) -> Result<Online, StoreError> {
         self.time("online", self.inner.online()).await
     }
+
+    async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError> {
+        self.time("route_rooms", self.inner.route_rooms(server, rooms))
+            .await
+    }
+
+    async fn room_servers(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        self.time("room_servers", self.inner.room_servers(room))
+            .await
+    }
 }

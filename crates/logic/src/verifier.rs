@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imcloud_protocol::RoomId;
+use imcloud_protocol::{RoomId, RoomPattern};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,13 @@ pub struct Identity {
     /// Business ops this connection wants from broadcasts.
     #[serde(default)]
     pub accepts: Vec<i32>,
+    /// More rooms to join at auth, after `room_id`.
+    #[serde(default)]
+    pub rooms: Vec<RoomId>,
+    /// What the connection may join later (op 22, op 12): room ids, or
+    /// prefixes ending in `*`. Empty: any room.
+    #[serde(default)]
+    pub allow_rooms: Vec<String>,
 }
 
 /// Why a token was refused, each with its own reason for the client.
@@ -65,6 +72,9 @@ fn checked(identity: Identity) -> Result<Identity, VerifyError> {
         return Err(VerifyError::Refused(
             "key must not be empty when given".to_owned(),
         ));
+    }
+    for pattern in &identity.allow_rooms {
+        RoomPattern::parse(pattern).map_err(|err| VerifyError::Refused(err.to_string()))?;
     }
     Ok(identity)
 }
@@ -125,6 +135,12 @@ pub struct Claims {
     /// Ops wanted from broadcasts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepts: Vec<i32>,
+    /// More rooms joined at auth.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
+    /// Rooms the connection may join later: ids, or prefixes ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_rooms: Vec<String>,
     /// Expiry, unix seconds (required).
     pub exp: u64,
     /// Not before, unix seconds.
@@ -190,12 +206,19 @@ impl TokenVerifier for Jwt {
             "" => None,
             room => Some(RoomId::parse(room).map_err(|err| VerifyError::Refused(err.to_string()))?),
         };
+        let rooms = claims
+            .rooms
+            .iter()
+            .map(|room| RoomId::parse(room).map_err(|err| VerifyError::Refused(err.to_string())))
+            .collect::<Result<_, _>>()?;
         checked(Identity {
             mid,
             key: claims.key,
             room_id,
             platform: claims.platform,
             accepts: claims.accepts,
+            rooms,
+            allow_rooms: claims.allow_rooms,
         })
     }
 }

@@ -1,8 +1,10 @@
 //! Messages POSTed to the backend: client messages (op 4, the receive
 //! webhook) and messages no device acknowledged in time (the offline
-//! webhook). Both the same way: the body as it came, the rest in headers.
+//! webhook), both the same way: the body as it came, the rest in headers.
+//! And questions the backend answers yes or no (the join webhook).
 
 use bytes::Bytes;
+use serde::Serialize;
 
 /// A backend endpoint messages are POSTed to.
 #[derive(Clone, Debug)]
@@ -19,6 +21,17 @@ pub(crate) enum WebhookError {
     #[error("answered {0}")]
     Refused(reqwest::StatusCode),
 }
+
+/// A backend's answer to a question.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Yes,
+    /// 401 or 403, with the answer's body as the reason.
+    No(String),
+}
+
+/// Longest reason taken from a refusal's body.
+const MAX_REASON: usize = 200;
 
 /// One message as the backend gets it.
 pub(crate) struct Posted {
@@ -56,5 +69,24 @@ impl Webhook {
             return Err(WebhookError::Refused(response.status()));
         }
         Ok(())
+    }
+
+    /// POSTs `question` as JSON: a 2xx is yes, 401/403 no (its body the
+    /// reason), anything else an error (the backend could not decide).
+    pub(crate) async fn ask(&self, question: &impl Serialize) -> Result<Verdict, WebhookError> {
+        let response = self.client.post(&self.url).json(question).send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Verdict::Yes);
+        }
+        if status != reqwest::StatusCode::UNAUTHORIZED && status != reqwest::StatusCode::FORBIDDEN {
+            return Err(WebhookError::Refused(status));
+        }
+        let body = response.text().await.unwrap_or_default();
+        let mut reason: String = body.trim().chars().take(MAX_REASON).collect();
+        if reason.is_empty() {
+            reason = format!("the join webhook answered {status}");
+        }
+        Ok(Verdict::No(reason))
     }
 }

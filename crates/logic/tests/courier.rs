@@ -15,6 +15,8 @@ use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, DeliverReply, DeliverReq,
     DeliveryResult, Empty, PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
 };
+use imcloud_proto::logic::JoinReq;
+use imcloud_proto::logic::logic_client::LogicClient;
 use imcloud_testkit::cluster::bind;
 use imcloud_testkit::eventually;
 use imcloud_testkit::standalone::{sample, scrape};
@@ -171,6 +173,7 @@ async fn logic_with(answer: Answer, permits: usize) -> (String, Arc<StandIn>, Ca
         http: bind().await,
     };
     let http = format!("http://{}", listeners.http.local_addr().expect("addr"));
+    let logic_grpc = format!("http://{}", listeners.grpc.local_addr().expect("addr"));
     let config = LogicConfig {
         cloud_nodes: vec![ServiceNode {
             id: "stand-in".to_owned(),
@@ -182,6 +185,21 @@ async fn logic_with(answer: Answer, permits: usize) -> (String, Arc<StandIn>, Ca
         ..LogicConfig::default()
     };
     Logic::start(listeners, config, stop.clone()).expect("logic");
+    // The stand-in holds members of live://1: a join there routes the
+    // room's pushes to it.
+    let channel = tonic::transport::Endpoint::from_shared(logic_grpc)
+        .expect("uri")
+        .connect()
+        .await
+        .expect("logic gRPC");
+    LogicClient::new(channel)
+        .join(JoinReq {
+            server: "stand-in".to_owned(),
+            room: "live://1".to_owned(),
+            ..JoinReq::default()
+        })
+        .await
+        .expect("join");
     (http, stand_in, stop)
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use imcloud_proto::logic::{InboxReq, NodesReq, PushMidsReq};
 use imcloud_protocol::Op;
-use imcloud_testkit::cluster::{bind, cluster, token};
+use imcloud_testkit::cluster::{bind, cluster, cluster_tuned, token};
 use serde_json::json;
 
 #[tokio::test]
@@ -346,6 +346,32 @@ async fn sessions_come_back_by_themselves_after_logic_restarts() {
 
     cluster.restart_logic(0).await;
     cluster.push_until_routed(0, 5, "back").await;
+    assert_eq!(&client.recv_push().await.expect("back").body[..], b"back");
+}
+
+/// The same for room routes: the cloud node reports its rooms as soon as it
+/// sees logic's store was reset, not at its next report (an hour away here).
+#[tokio::test]
+async fn room_routes_come_back_by_themselves_after_logic_restarts() {
+    let mut cluster = cluster_tuned(
+        1,
+        1,
+        "",
+        |_, _| {},
+        |cloud| {
+            cloud.online_report_interval = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    let mut client = cluster.ws(0, token(6, Some("k6"), "live://6", &[])).await;
+    cluster.restart_logic(0).await;
+    imcloud_testkit::eventually("the room routed again", async || {
+        let (status, body) = cluster
+            .post_form("/im/push/room", "type=live&room=6&msg=back")
+            .await;
+        status == 200 && body["data"]["nodes"] == 1
+    })
+    .await;
     assert_eq!(&client.recv_push().await.expect("back").body[..], b"back");
 }
 

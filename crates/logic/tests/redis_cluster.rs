@@ -100,3 +100,55 @@ async fn sessions_come_back_by_themselves_after_redis_comes_back_empty() {
     assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"back-a");
     assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"back-b");
 }
+
+/// gRPC calls a cloud node has served, all methods together.
+fn calls_served(cluster: &imcloud_testkit::cluster::Cluster, node: usize) -> u64 {
+    let cloud = cluster.clouds[node].cloud.as_ref().expect("running");
+    cloud
+        .metrics()
+        .render()
+        .lines()
+        .filter(|line| line.starts_with("imcloud_cloud_grpc_calls_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn room_pushes_go_only_where_members_are_and_follow_a_join_through_the_other_logic_node() {
+    let redis = RedisServer::start();
+    let url = redis.url.clone();
+    // Three cloud nodes; node 0 and 2 authenticate through logic 0, node 1
+    // through logic 1.
+    let cluster = cluster_of(2, 3, move |_, config| {
+        config.session_store = SessionStoreKind::Redis;
+        config.redis_url = url.clone();
+    })
+    .await;
+    let mut on_a = cluster.ws(0, token(1, None, "group://r", &[])).await;
+    let before = [calls_served(&cluster, 1), calls_served(&cluster, 2)];
+
+    let (status, body) = cluster
+        .post_form_to(1, "/im/push/room", "type=group&room=r&msg=only+a")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nodes"], 1, "{body}");
+    assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"only a");
+    assert_eq!(
+        [calls_served(&cluster, 1), calls_served(&cluster, 2)],
+        before,
+        "the nodes without members were not called"
+    );
+
+    // A member joins on node 1 (through logic 1); a push through logic 0
+    // sent as soon as the join is answered reaches it.
+    let mut on_b = cluster.ws(1, token(2, None, "", &[])).await;
+    on_b.join("group://r").await.expect("join");
+    let (status, body) = cluster
+        .post_form_to(0, "/im/push/room", "type=group&room=r&msg=both")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nodes"], 2, "{body}");
+    assert_eq!(&on_b.recv_push().await.expect("b").body[..], b"both");
+    assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"both");
+    assert_eq!(calls_served(&cluster, 2), before[1], "node 2 never called");
+}

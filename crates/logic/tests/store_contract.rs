@@ -116,6 +116,34 @@ async fn contract(store: Arc<dyn SessionStore>) {
         !online.servers.contains_key("cloud-a") && online.rooms["live://1"] == 4
     })
     .await;
+
+    // Room routes: a join routes at once, a report routes what it names,
+    // and a server nobody hears about for the online TTL drops out.
+    let servers = async |room: &str| {
+        let mut servers = store.room_servers(room).await.expect("servers");
+        servers.sort();
+        servers
+    };
+    assert!(servers("group://9").await.is_empty());
+    store
+        .route_rooms("cloud-c", &["group://9".to_owned()])
+        .await
+        .expect("route");
+    assert_eq!(servers("group://9").await, ["cloud-c"]);
+    assert_eq!(servers("live://2").await, ["cloud-b"], "cloud-a went stale");
+    eventually("an unrenewed route dropping out", async || {
+        store
+            .report_online("cloud-b", rooms(4))
+            .await
+            .expect("report");
+        servers("group://9").await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        servers("live://1").await,
+        ["cloud-b"],
+        "the reports keep it"
+    );
 }
 
 #[tokio::test]

@@ -25,4 +25,4 @@ pub use codec::PacketCodec;
 pub use error::ProtocolError;
 pub use op::Op;
 pub use packet::{DEFAULT_MAX_BODY, EncodedPacket, HEADER_LEN, MAX_PACKET_LEN, Packet, VERSION};
-pub use room::{BadRoomId, MAX_ROOM_LEN, RoomId};
+pub use room::{BadRoomId, BadRoomPattern, MAX_ROOM_LEN, RoomId, RoomPattern};

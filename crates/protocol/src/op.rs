@@ -45,6 +45,16 @@ impl Op {
     pub const RESUMED: Op = Op(19);
     /// imcloud: ack, `{"ack":N}`: cumulative, no reply (c->s).
     pub const ACK: Op = Op(20);
+    /// imcloud: join a room, `{"room":"type://id","count":bool}` (c->s).
+    pub const JOIN_ROOM: Op = Op(22);
+    /// imcloud: join answer, `{"room":..,"ok":true}` or `{"room":..,"error":..}` (s->c).
+    pub const JOIN_ROOM_REPLY: Op = Op(23);
+    /// imcloud: leave a room, `{"room":"type://id"}` (c->s).
+    pub const LEAVE_ROOM: Op = Op(24);
+    /// imcloud: leave answer, the same shape as op 23 (s->c).
+    pub const LEAVE_ROOM_REPLY: Op = Op(25);
+    /// imcloud: a room's online count changed, `{"room":..,"online":N}` (s->c).
+    pub const ROOM_COUNT: Op = Op(26);
     /// The first business op: ops from here on are pushed by backends.
     pub const FIRST_BUSINESS: Op = Op(1000);
 
@@ -58,6 +68,8 @@ impl Op {
             Op::CHANGE_ROOM => Some(Op::CHANGE_ROOM_REPLY),
             Op::WATCH => Some(Op::WATCH_REPLY),
             Op::UNWATCH => Some(Op::UNWATCH_REPLY),
+            Op::JOIN_ROOM => Some(Op::JOIN_ROOM_REPLY),
+            Op::LEAVE_ROOM => Some(Op::LEAVE_ROOM_REPLY),
             _ => None,
         }
     }
@@ -87,6 +99,11 @@ impl Op {
             Op::RESUME => "resume",
             Op::RESUMED => "resumed",
             Op::ACK => "ack",
+            Op::JOIN_ROOM => "join room",
+            Op::JOIN_ROOM_REPLY => "join room reply",
+            Op::LEAVE_ROOM => "leave room",
+            Op::LEAVE_ROOM_REPLY => "leave room reply",
+            Op::ROOM_COUNT => "room count",
             _ => return None,
         })
     }
@@ -121,12 +138,16 @@ mod tests {
             Op::CHANGE_ROOM,
             Op::WATCH,
             Op::UNWATCH,
+            Op::JOIN_ROOM,
+            Op::LEAVE_ROOM,
         ];
         for op in requests {
             let reply = op.reply().expect("a client request has a reply");
             assert_eq!(reply.0, op.0 + 1, "{op} is answered by the next op");
         }
-        for op in [0, 1, 3, 5, 6, 8, 9, 10, 11, 13, 15, 17, 18, 999, 1000, 5000] {
+        for op in [
+            0, 1, 3, 5, 6, 8, 9, 10, 11, 13, 15, 17, 18, 23, 25, 26, 999, 1000, 5000,
+        ] {
             assert_eq!(Op(op).reply(), None, "{} is not a client request", Op(op));
         }
     }

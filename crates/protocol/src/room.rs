@@ -149,6 +149,50 @@ pub mod optional {
     }
 }
 
+/// Which rooms a token lets its connection join (its `allow_rooms` claim):
+/// a room id (`chat://42`), or a prefix ending in `*` (`group://*`, or `*`
+/// for every room).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomPattern(Box<str>);
+
+/// A pattern with a `*` anywhere but at its end, or none at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRoomPattern {
+    /// Neither a room id nor a prefix ending in `*`.
+    #[error("room pattern {0:?} is neither a room id nor a prefix ending in '*': {1}")]
+    NotARoom(String, BadRoomId),
+    /// A prefix (ending in `*`) with another `*` in it.
+    #[error("room pattern {0:?} may hold '*' only at its end")]
+    InnerStar(String),
+}
+
+impl RoomPattern {
+    /// Checks a pattern: a valid room id, or any prefix of one then `*`.
+    pub fn parse(text: &str) -> Result<RoomPattern, BadRoomPattern> {
+        match text.strip_suffix('*') {
+            Some(prefix) if prefix.contains('*') => Err(BadRoomPattern::InnerStar(text.to_owned())),
+            Some(_) => Ok(RoomPattern(text.into())),
+            // A room id may itself hold a `*`: then it is matched exactly.
+            None => RoomId::parse(text)
+                .map(|_| RoomPattern(text.into()))
+                .map_err(|err| BadRoomPattern::NotARoom(text.to_owned(), err)),
+        }
+    }
+
+    /// Whether `room` is one this pattern allows.
+    pub fn allows(&self, room: &RoomId) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => *self.0 == **room,
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::str::FromStr for RoomId {
     type Err = BadRoomId;
 
@@ -160,6 +204,30 @@ impl std::str::FromStr for RoomId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_allow_their_room_or_their_prefix() {
+        let room = |text| RoomId::parse(text).expect(text);
+        let exact = RoomPattern::parse("chat://42").expect("exact");
+        assert!(exact.allows(&room("chat://42")));
+        assert!(!exact.allows(&room("chat://420")));
+        let prefix = RoomPattern::parse("group://*").expect("prefix");
+        assert!(prefix.allows(&room("group://7")));
+        assert!(!prefix.allows(&room("groups://7")));
+        assert!(
+            RoomPattern::parse("*")
+                .expect("all")
+                .allows(&room("dm://a"))
+        );
+        assert!(matches!(
+            RoomPattern::parse("group*://x*"),
+            Err(BadRoomPattern::InnerStar(_))
+        ));
+        assert!(matches!(
+            RoomPattern::parse("lobby"),
+            Err(BadRoomPattern::NotARoom(..))
+        ));
+    }
 
     #[test]
     fn good_rooms_parse() {

@@ -82,6 +82,18 @@ pub async fn cluster_keyed(
     key: &str,
     tweak: impl Fn(usize, &mut LogicConfig),
 ) -> Cluster {
+    cluster_tuned(logics, n, key, tweak, |_| {}).await
+}
+
+/// As [`cluster_keyed`], with `cloud_tweak` applied to every cloud node's
+/// configuration too.
+pub async fn cluster_tuned(
+    logics: usize,
+    n: usize,
+    key: &str,
+    tweak: impl Fn(usize, &mut LogicConfig),
+    cloud_tweak: impl Fn(&mut CloudConfig),
+) -> Cluster {
     let mut logic_listeners = Vec::new();
     for _ in 0..logics {
         logic_listeners.push(imcloud_logic::Listeners {
@@ -123,13 +135,14 @@ pub async fn cluster_keyed(
             tcp: tcp.to_string(),
             load: 0,
         });
-        let config = CloudConfig {
+        let mut config = CloudConfig {
             server_id,
             logic_addrs: vec![grpcs[i % logics].to_string()],
             online_report_interval: Duration::from_millis(100),
             api_key: Secret::new(key),
             ..CloudConfig::default()
         };
+        cloud_tweak(&mut config);
         let shutdown = CancellationToken::new();
         let cloud = Cloud::start(listeners, config.clone(), shutdown.clone()).expect("cloud");
         clouds.push(CloudNode {

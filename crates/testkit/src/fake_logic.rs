@@ -58,6 +58,10 @@ struct Token {
     accepts: Vec<i32>,
     #[serde(default)]
     heartbeat: i64,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    allow_rooms: Vec<String>,
 }
 
 pub fn token(mid: i64, key: &str, room: &str, accepts: &[i32]) -> String {
@@ -100,7 +104,16 @@ impl Logic for FakeLogic {
             heartbeat: token.heartbeat,
             // goim's logic knows no resume: no hold.
             resume_wait_ms: 0,
+            rooms: token.rooms,
+            allow_rooms: token.allow_rooms,
         }))
+    }
+    /// The fake join webhook: `private://` rooms are members only.
+    async fn join(&self, request: Request<JoinReq>) -> Result<Response<JoinReply>, Status> {
+        if request.get_ref().room.starts_with("private://") {
+            return Err(Status::permission_denied("members only"));
+        }
+        Ok(Response::new(JoinReply {}))
     }
     async fn disconnect(
         &self,

@@ -22,6 +22,7 @@ pub(crate) struct ConnLimits {
     /// Used when logic's Connect answer names no heartbeat.
     pub(crate) heartbeat: Duration,
     pub(crate) send_queue: usize,
+    pub(crate) max_rooms: usize,
     pub(crate) renew_interval: Duration,
     pub(crate) write_timeout: Duration,
 }
@@ -32,6 +33,7 @@ impl From<&CloudConfig> for ConnLimits {
             handshake_timeout: config.handshake_timeout,
             heartbeat: config.heartbeat,
             send_queue: config.send_queue,
+            max_rooms: config.max_rooms,
             renew_interval: config.renew_interval,
             write_timeout: config.write_timeout,
         }

@@ -1,11 +1,12 @@
-//! What an authenticated client may ask (heartbeat, op 4 messages, room
-//! changes, watched ops) and how each is answered. Replies go through the
-//! outbox like pushes, so they leave in order and in the same writes.
+//! What an authenticated client may ask (heartbeat, op 4 messages, watched
+//! ops, resume and ack; rooms are in [`super::rooms`]) and how each is
+//! answered. Replies go through the outbox like pushes, so they leave in
+//! order and in the same writes.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, Packet, RoomId};
+use imcloud_protocol::{CloseBody, CloseReason, EncodedPacket, Op, Packet};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -24,27 +25,15 @@ impl Session {
                 // Counts are reported every few seconds; a client that just
                 // joined is online all the same.
                 let count = self
-                    .room
-                    .as_deref()
+                    .first_room()
                     .map_or(0, |room| self.ctx.online.count(room).max(1));
                 self.reply(&packet, Op::HEARTBEAT_REPLY, count.to_be_bytes().to_vec());
                 self.renew();
             }
             Op::SEND_MSG => self.receive(packet).await,
-            Op::CHANGE_ROOM => {
-                let room = match &packet.body[..] {
-                    b"" => None,
-                    body => Some(
-                        RoomId::from_bytes(body).map_err(|err| End::protocol(err.to_string()))?,
-                    ),
-                };
-                self.bucket
-                    .change_room(self.key.clone(), self.id, room.clone())
-                    .await
-                    .map_err(|_| End::stopping())?;
-                self.room = room;
-                self.reply(&packet, Op::CHANGE_ROOM_REPLY, packet.body.clone());
-            }
+            Op::CHANGE_ROOM => self.change_room(&packet).await?,
+            Op::JOIN_ROOM => self.join(&packet).await?,
+            Op::LEAVE_ROOM => self.leave(&packet).await?,
             Op::WATCH | Op::UNWATCH => {
                 let ops = parse_ops(&packet.body)?;
                 self.bucket
@@ -138,7 +127,7 @@ struct Ack {
 }
 
 /// A JSON body of an imcloud op, or the protocol error that names the shape.
-fn parse_body<T: DeserializeOwned>(packet: &Packet, shape: &str) -> Result<T, End> {
+pub(super) fn parse_body<T: DeserializeOwned>(packet: &Packet, shape: &str) -> Result<T, End> {
     serde_json::from_slice(&packet.body)
         .map_err(|err| End::protocol(format!("{} wants {shape}: {err}", packet.op)))
 }

@@ -22,7 +22,9 @@ enum Call {
     Receive(i64, Bytes),
 }
 
-/// Tokens are `mid:key:room`; `refused` is refused, `down` is unavailable.
+/// Tokens are `mid:key:rooms|allow_rooms` (lists comma-separated);
+/// `refused` is refused, `down` is unavailable. Joins: `private://1` is
+/// refused, `down://1` cannot be checked.
 struct FakeLogic {
     calls: mpsc::UnboundedSender<Call>,
 }
@@ -37,14 +39,39 @@ impl SessionLogic for FakeLogic {
             _ => {}
         }
         let mut parts = token.splitn(3, ':');
+        let list = |part: &str| -> Vec<String> {
+            part.split(',')
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let mid = parts.next().and_then(|mid| mid.parse().ok()).unwrap_or(0);
+        let key = parts.next().unwrap_or("").to_owned();
+        let rest = parts.next().unwrap_or("");
+        let (rooms, allow) = rest.split_once('|').unwrap_or((rest, ""));
+        let mut rooms = list(rooms);
         Ok(ConnectReply {
-            mid: parts.next().and_then(|mid| mid.parse().ok()).unwrap_or(0),
-            key: parts.next().unwrap_or("").to_owned(),
-            room_id: parts.next().unwrap_or("").to_owned(),
+            mid,
+            key,
+            room_id: if rooms.is_empty() {
+                String::new()
+            } else {
+                rooms.remove(0)
+            },
+            rooms,
+            allow_rooms: list(allow),
             accepts: vec![1000],
             heartbeat: 10,
             resume_wait_ms: 200,
         })
+    }
+
+    async fn join(&self, _mid: i64, _key: &str, room: &str) -> Result<(), AuthError> {
+        match room {
+            "private://1" => Err(AuthError::Refused("members only".to_owned())),
+            "down://1" => Err(AuthError::Unavailable("logic down".to_owned())),
+            _ => Ok(()),
+        }
     }
 
     async fn heartbeat(&self, mid: i64, key: &str) -> Result<(), Status> {
@@ -106,6 +133,7 @@ fn limits() -> ConnLimits {
         handshake_timeout: Duration::from_secs(5),
         heartbeat: Duration::from_secs(30),
         send_queue: 4,
+        max_rooms: 3,
         renew_interval: Duration::ZERO,
         write_timeout: Duration::from_secs(10),
     }
@@ -441,4 +469,155 @@ async fn bad_resumes_and_acks_are_protocol_errors() {
     conn.send(Op::ACK, br#"{"ack":5}"#);
     conn.send(Op::HEARTBEAT, b"");
     assert_eq!(conn.packet().await.op, Op::HEARTBEAT_REPLY);
+}
+
+impl Harness {
+    /// Sends a room request (op 22, 24 or 12) and reads its answer.
+    async fn ask(&mut self, op: Op, body: &str) -> Packet {
+        self.send(op, body.as_bytes());
+        let answer = self.packet().await;
+        assert_eq!(Some(answer.op), op.reply(), "{answer:?}");
+        answer
+    }
+
+    async fn room_answer(&mut self, op: Op, room: &str) -> serde_json::Value {
+        let answer = self.ask(op, &format!(r#"{{"room":"{room}"}}"#)).await;
+        serde_json::from_slice(&answer.body).expect("a JSON answer")
+    }
+
+    /// Pushes `body` to `room` on this node's buckets.
+    async fn push_room(&self, room: &str, body: &'static [u8]) {
+        let push = crate::wire::Push::new(
+            Packet::new(Op(1000), 0, Bytes::from_static(body))
+                .encode()
+                .expect("encode"),
+            std::time::Instant::now(),
+        );
+        self.ctx
+            .buckets
+            .push_room(RoomId::parse(room).expect("room"), &push)
+            .await
+            .expect("buckets");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_joins_and_leaves_several_rooms() {
+    let mut conn = start();
+    let me = conn.authenticated("7:k7:live://1,dm://7").await;
+    assert_eq!(me["room_id"], "live://1");
+    assert_eq!(me["rooms"], serde_json::json!(["live://1", "dm://7"]));
+
+    let joined = conn.room_answer(Op::JOIN_ROOM, "group://2").await;
+    assert_eq!(joined, serde_json::json!({"room": "group://2", "ok": true}));
+    // Joined already: ok, and still counted once.
+    let again = conn.room_answer(Op::JOIN_ROOM, "group://2").await;
+    assert_eq!(again["ok"], true);
+    for (room, body) in [("live://1", b"a"), ("dm://7", b"b"), ("group://2", b"c")] {
+        conn.push_room(room, body).await;
+        assert_eq!(&conn.packet().await.body[..], body, "a push to {room}");
+    }
+
+    // Three rooms is this node's max_rooms: the fourth is refused, and
+    // the connection goes on.
+    let over = conn.room_answer(Op::JOIN_ROOM, "group://3").await;
+    let error = over["error"].as_str().expect("an error");
+    assert!(error.contains("max_rooms"), "{error}");
+    assert_eq!(over.get("ok"), None);
+
+    let left = conn.room_answer(Op::LEAVE_ROOM, "dm://7").await;
+    assert_eq!(left, serde_json::json!({"room": "dm://7", "ok": true}));
+    let not_in = conn.room_answer(Op::LEAVE_ROOM, "dm://7").await;
+    assert_eq!(not_in["ok"], true, "leaving a room not joined is ok");
+    conn.push_room("dm://7", b"gone").await;
+    conn.push_room("group://2", b"here").await;
+    assert_eq!(
+        &conn.packet().await.body[..],
+        b"here",
+        "nothing from the room left"
+    );
+
+    // A bad room id is refused with the rule it broke.
+    let bad = conn.room_answer(Op::JOIN_ROOM, "Live://x").await;
+    assert!(
+        bad["error"]
+            .as_str()
+            .expect("an error")
+            .contains("room type")
+    );
+
+    // Op 12 leaves every room and joins the one named.
+    let changed = conn.ask(Op::CHANGE_ROOM, "live://9").await;
+    assert_eq!(&changed.body[..], b"live://9");
+    conn.push_room("live://1", b"old").await;
+    conn.push_room("live://9", b"new").await;
+    assert_eq!(&conn.packet().await.body[..], b"new");
+    conn.send(Op::HEARTBEAT, b"");
+    let beat = conn.packet().await;
+    assert_eq!(beat.op, Op::HEARTBEAT_REPLY, "still serving");
+}
+
+#[tokio::test]
+async fn joins_outside_allow_rooms_or_refused_by_logic_are_answered_and_change_nothing() {
+    let mut conn = start();
+    conn.authenticated("7:k7:live://1|group://*,private://1,down://1")
+        .await;
+    let outside = conn.room_answer(Op::JOIN_ROOM, "chat://5").await;
+    let error = outside["error"].as_str().expect("an error");
+    assert!(error.contains("allow_rooms"), "{error}");
+    let webhook = conn.room_answer(Op::JOIN_ROOM, "private://1").await;
+    assert_eq!(webhook["error"], "refused: members only");
+    let down = conn.room_answer(Op::JOIN_ROOM, "down://1").await;
+    assert!(
+        down["error"]
+            .as_str()
+            .expect("an error")
+            .contains("try again")
+    );
+    // Op 12 to a room outside allow_rooms: refused, the rooms kept.
+    let changed = conn.ask(Op::CHANGE_ROOM, "chat://5").await;
+    let answer: serde_json::Value = serde_json::from_slice(&changed.body).expect("JSON");
+    assert!(
+        answer["error"]
+            .as_str()
+            .expect("an error")
+            .contains("allow_rooms")
+    );
+
+    conn.push_room("chat://5", b"private").await;
+    conn.push_room("private://1", b"private").await;
+    conn.push_room("live://1", b"kept").await;
+    assert_eq!(&conn.packet().await.body[..], b"kept");
+    // Inside the patterns, and the token's own room after leaving it.
+    assert_eq!(
+        conn.room_answer(Op::JOIN_ROOM, "group://4").await["ok"],
+        true
+    );
+    assert_eq!(
+        conn.room_answer(Op::LEAVE_ROOM, "live://1").await["ok"],
+        true
+    );
+    assert_eq!(
+        conn.room_answer(Op::JOIN_ROOM, "live://1").await["ok"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_token_with_more_rooms_than_max_rooms_is_refused() {
+    let mut conn = start();
+    conn.send(Op::AUTH, b"7:k7:a://1,a://2,a://3,a://4");
+    let close = conn.close().await;
+    assert_eq!(close.close_reason(), Some(CloseReason::AuthFailed));
+    assert!(close.reason.contains("max_rooms"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn a_room_request_that_is_not_json_is_a_protocol_error() {
+    let mut conn = start();
+    conn.authenticated("7:k7:").await;
+    conn.send(Op::JOIN_ROOM, b"live://1");
+    let close = conn.close().await;
+    assert_eq!(close.close_reason(), Some(CloseReason::ProtocolError));
+    assert!(close.reason.contains("join room"), "{}", close.reason);
 }

@@ -1,5 +1,6 @@
-// The demo page: connects with the SDK, shows what arrives, and pushes
-// through logic's HTTP API. "Go offline" closes the connection: pushes by
+// The demo page: connects with the SDK, shows what arrives, joins and
+// leaves rooms (each with its live online count), and pushes through
+// logic's HTTP API. "Go offline" closes the connection: pushes by
 // mid sent meanwhile are kept by the server and replayed on "Go online",
 // from the last message this browser showed (kept in localStorage per mid). Settings come from the query string (ws, api,
 // mid, room, token, apikey), then the cloud node's /demo/config.json, then
@@ -60,6 +61,48 @@ async function api(path, body) {
   return reply.data;
 }
 
+/** The rooms this page is in, and each one's online count (op 26). */
+const joined = new Map();
+
+function showRooms() {
+  const list = $('joined');
+  list.replaceChildren();
+  for (const [room, online] of joined) {
+    const item = document.createElement('li');
+    item.dataset.room = room;
+    item.textContent = `${room} · online ${online ?? '-'}`;
+    item.addEventListener('click', () => {
+      $('join-room').value = room;
+    });
+    list.append(item);
+  }
+}
+
+async function joinRoom(event) {
+  event.preventDefault();
+  const room = $('join-room').value;
+  try {
+    await client.join(room, { count: true });
+    if (!joined.has(room)) joined.set(room, undefined);
+    showRooms();
+    show($('result'), `joined ${room}`);
+  } catch (error) {
+    show($('result'), `cannot join ${room}: ${error.message}`, true);
+  }
+}
+
+async function leaveRoom() {
+  const room = $('join-room').value;
+  try {
+    await client.leave(room);
+    joined.delete(room);
+    showRooms();
+    show($('result'), `left ${room}`);
+  } catch (error) {
+    show($('result'), `cannot leave ${room}: ${error.message}`, true);
+  }
+}
+
 let client;
 /** User messages up to this one were pushed while the page was offline. */
 let missedUpTo = 0;
@@ -83,6 +126,17 @@ async function connect() {
   });
   client.on('open', (identity) => {
     $('who').textContent = `mid ${identity.mid} · ${identity.room_id || 'no room'}`;
+    for (const room of identity.rooms ?? []) {
+      if (!joined.has(room)) joined.set(room, undefined);
+    }
+    // The token's rooms are joined already (this asks for their counts);
+    // the others were joined on this page before it went offline.
+    for (const room of joined.keys()) client.join(room, { count: true }).catch(() => {});
+    showRooms();
+  });
+  client.on('count', ({ room, online }) => {
+    if (joined.has(room)) joined.set(room, online);
+    showRooms();
   });
   client.on('online', (count) => {
     $('online').textContent = String(count);
@@ -112,7 +166,9 @@ async function push(event) {
         data = await api('/im/push/mids', { mids: [Number($('mid').value)], operation, msg });
         break;
       case 'room': {
-        const [type, id] = (identity?.room_id || $('room').value).split('://');
+        const typed = $('join-room').value;
+        const room = joined.has(typed) ? typed : identity?.room_id || $('room').value;
+        const [type, id] = room.split('://');
         data = await api('/im/push/room', { type, room: id, operation, msg });
         break;
       }
@@ -147,6 +203,8 @@ const initial = await settings();
 for (const [id, value] of Object.entries(initial)) $(id).value = value;
 $('push').addEventListener('submit', push);
 $('offline').addEventListener('click', toggleOffline);
+$('rooms').addEventListener('submit', joinRoom);
+$('leave').addEventListener('click', leaveRoom);
 $('settings').addEventListener('submit', (event) => {
   event.preventDefault();
   connect();

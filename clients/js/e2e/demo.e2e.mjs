@@ -2,7 +2,8 @@
 // playwright-core. Loads the page from a running imcloud (IMCLOUD_PAGE),
 // waits for it to connect, clicks Send for a push by mid, to the room and to
 // everyone, and sees each message appear; goes offline, pushes by mid, comes
-// back and sees the message it missed. Saves a screenshot
+// back and sees the message it missed; joins a room, sees its live count and
+// a push to it, and leaves it. Saves a screenshot
 // (IMCLOUD_SCREENSHOT). crates/imcloud/tests/javascript.rs runs it; by hand:
 //   IMCLOUD_PAGE=http://127.0.0.1:3104/ node e2e/demo.e2e.mjs
 import assert from 'node:assert/strict';
@@ -71,6 +72,20 @@ try {
   assert.equal(await page.locator('#messages li').count(), 4, 'once');
   const online = Number(await page.locator('#online').textContent());
   assert.ok(online >= 1, `room online count ${online}`);
+
+  // Rooms: join one, see its live count and a push to it, leave it.
+  await page.fill('#join-room', 'group://e2e');
+  await page.click('#join');
+  await page.locator('#joined li[data-room="group://e2e"]', { hasText: 'online 1' }).waitFor();
+  await page.locator('#joined li[data-room="live://e2e"]', { hasText: /online [1-9]/ }).waitFor();
+  await page.selectOption('#target', 'room');
+  await page.fill('#message', 'pushed to group://e2e');
+  await page.click('#send');
+  await page.locator('#messages li .body', { hasText: 'pushed to group://e2e' }).waitFor();
+  await page.click('#leave');
+  await page.locator('#result', { hasText: 'left group://e2e' }).waitFor();
+  assert.equal(await page.locator('#joined li[data-room="group://e2e"]').count(), 0);
+  console.log('ok: joined a room, saw its count and a push to it, left it');
 
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`ok: screenshot ${screenshot}`);

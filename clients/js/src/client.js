@@ -103,6 +103,8 @@ const REPLY = {
  *   are no longer kept by the server (fetch them from your backend if they matter)
  * - `'open'`: `(identity) => void` after each successful auth
  * - `'online'`: `(count) => void` the room's online count from each heartbeat reply
+ * - `'count'`: `({room, online}) => void` a room's online count, for rooms joined with
+ *   `{count: true}`: at the join, then as it changes (at most once a second)
  * - `'close'`: `({code, reason, reconnect, retryAfterMs}) => void` when a connection ends
  * - `'room-refused'`: `({room, error}) => void` when a room joined with `join()` could
  *   not be joined again after a reconnect (it is then forgotten)
@@ -141,8 +143,11 @@ export class Client {
     /** The last user message the app's handlers returned from (acknowledged soon). */
     this.handled = this.sequencer.last;
     this.acked = this.handled;
-    /** What to restore after a reconnect: the room changed to, the rooms joined, the ops watched. */
-    this.wanted = { room: undefined, rooms: new Set(), watched: new Set() };
+    /**
+     * What to restore after a reconnect: the room changed to, the rooms joined (each with
+     * whether its count was asked for), the ops watched.
+     */
+    this.wanted = { room: undefined, rooms: new Map(), watched: new Set() };
   }
 
   /**
@@ -213,13 +218,15 @@ export class Client {
    * Joins a room (`type://id`) beside the ones this connection is in (op 22);
    * resolves once pushes to it reach this client, rejects with the server's
    * reason (`max_rooms`, the token's `allow_rooms`, the join webhook). Joined
-   * again after every reconnect, until `leave`.
+   * again after every reconnect, until `leave`. With `{count: true}`, the
+   * room's online count comes as `'count'` events.
    * @param {string} room
+   * @param {{count?: boolean}} [options]
    */
-  async join(room) {
-    const answer = roomAnswer(await this.request(Op.JOIN_ROOM, JSON.stringify({ room })));
+  async join(room, { count = false } = {}) {
+    const answer = roomAnswer(await this.request(Op.JOIN_ROOM, JSON.stringify({ room, count })));
     if (answer.error) throw new RequestError(answer.error);
-    this.wanted.rooms.add(room);
+    this.wanted.rooms.set(room, count);
   }
 
   /** Leaves a room (op 24), here and after reconnects. @param {string} room */
@@ -325,6 +332,9 @@ export class Client {
         this.sequencer.resumed(JSON.parse(text(packet)), Date.now());
         this.deliver();
         return;
+      case Op.ROOM_COUNT:
+        this.emit('count', JSON.parse(text(packet)));
+        return;
       case Op.HEARTBEAT_REPLY:
         if (packet.body.length >= 4) {
           const view = new DataView(packet.body.buffer, packet.body.byteOffset, 4);
@@ -412,9 +422,9 @@ export class Client {
       this.request(Op.CHANGE_ROOM, room).catch(() => {});
     }
     const atAuth = new Set(this.identity?.rooms ?? []);
-    for (const joined of rooms) {
-      if (atAuth.has(joined)) continue;
-      this.request(Op.JOIN_ROOM, JSON.stringify({ room: joined }))
+    for (const [joined, count] of rooms) {
+      if (atAuth.has(joined) && !count) continue;
+      this.request(Op.JOIN_ROOM, JSON.stringify({ room: joined, count }))
         .then((reply) => {
           const { error } = roomAnswer(reply);
           if (error && this.wanted.rooms.delete(joined)) this.emit('room-refused', { room: joined, error });

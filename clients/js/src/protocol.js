@@ -30,6 +30,7 @@ export const Op = Object.freeze({
   JOIN_ROOM_REPLY: 23,
   LEAVE_ROOM: 24,
   LEAVE_ROOM_REPLY: 25,
+  ROOM_COUNT: 26,
   FIRST_BUSINESS: 1000,
 });
 

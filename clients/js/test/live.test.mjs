@@ -139,6 +139,9 @@ test('several rooms at once: join, leave, a refusal, and every room back after a
     assert.equal(text((await got)[0]), `to ${room}`);
   }
   await assert.rejects(client.join('Group://x'), /room type/);
+  const counted = new Promise((resolve) => client.on('count', resolve));
+  await client.join('group://sdk-counted', { count: true });
+  assert.deepEqual(await counted, { room: 'group://sdk-counted', online: 1 });
 
   await client.leave('group://sdk-a');
   const after = next(client, 1000);

@@ -244,21 +244,27 @@ impl Client {
     /// this returns, pushes to the room reach it. A refusal is
     /// [`ClientError::Room`], with the server's reason.
     pub async fn join(&mut self, room: &str) -> Result<(), ClientError> {
-        self.room_request(Op::JOIN_ROOM, room).await
+        self.room_request(Op::JOIN_ROOM, room, false).await
+    }
+
+    /// As [`Client::join`], asking for the room's online count too: op 26
+    /// packets (`{"room","online"}`) follow, now and as the count changes.
+    pub async fn join_counting(&mut self, room: &str) -> Result<(), ClientError> {
+        self.room_request(Op::JOIN_ROOM, room, true).await
     }
 
     /// Leaves `room` (op 24).
     pub async fn leave(&mut self, room: &str) -> Result<(), ClientError> {
-        self.room_request(Op::LEAVE_ROOM, room).await
+        self.room_request(Op::LEAVE_ROOM, room, false).await
     }
 
-    async fn room_request(&mut self, op: Op, room: &str) -> Result<(), ClientError> {
+    async fn room_request(&mut self, op: Op, room: &str, count: bool) -> Result<(), ClientError> {
         #[derive(Deserialize)]
         struct Answer {
             #[serde(default)]
             error: Option<String>,
         }
-        let body = serde_json::json!({ "room": room }).to_string();
+        let body = serde_json::json!({ "room": room, "count": count }).to_string();
         let reply = self.request(op, body).await?;
         let answer: Answer = serde_json::from_slice(&reply.body)
             .map_err(|err| ClientError::Unexpected(format!("{}: {err}", reply.op)))?;

@@ -99,7 +99,9 @@ enum Command {
         filter: Option<u32>,
         reply: oneshot::Sender<Vec<Arc<Outbox>>>,
     },
+    /// Members per room: of every room with members, or of these rooms.
     RoomCounts {
+        only: Option<Arc<[RoomId]>>,
         reply: oneshot::Sender<HashMap<RoomId, usize>>,
     },
     Sessions {
@@ -269,12 +271,18 @@ impl Bucket {
                     .collect();
                 let _ = reply.send(outboxes);
             }
-            Command::RoomCounts { reply } => {
-                let counts = self
-                    .rooms
-                    .iter()
-                    .map(|(room, members)| (room.clone(), members.len()))
-                    .collect();
+            Command::RoomCounts { only, reply } => {
+                let counts = match only {
+                    None => self
+                        .rooms
+                        .iter()
+                        .map(|(room, members)| (room.clone(), members.len()))
+                        .collect(),
+                    Some(rooms) => rooms
+                        .iter()
+                        .map(|room| (room.clone(), self.rooms.get(room).map_or(0, HashMap::len)))
+                        .collect(),
+                };
                 let _ = reply.send(counts);
             }
             Command::Sessions { reply } => {
@@ -582,11 +590,19 @@ impl Buckets {
         Ok(all)
     }
 
-    /// Members per room on this node.
-    pub(crate) async fn room_counts(&self) -> Result<HashMap<RoomId, usize>, BucketGone> {
+    /// Members per room on this node: every room with members, or `only`
+    /// these (0 for one with none).
+    pub(crate) async fn room_counts(
+        &self,
+        only: Option<Arc<[RoomId]>>,
+    ) -> Result<HashMap<RoomId, usize>, BucketGone> {
         let mut total: HashMap<RoomId, usize> = HashMap::new();
         for handle in self.handles.iter() {
-            for (room, count) in handle.ask(|reply| Command::RoomCounts { reply }).await? {
+            let only = only.clone();
+            for (room, count) in handle
+                .ask(|reply| Command::RoomCounts { only, reply })
+                .await?
+            {
                 *total.entry(room).or_default() += count;
             }
         }

@@ -441,7 +441,11 @@ async fn finish<T: Transport>(
         }
         End::Gone(why) => debug!(why, "connection ended"),
     }
-    let Some(session) = session else { return };
+    let Some(mut session) = session else { return };
+    if let Some(rooms) = session.rooms.as_mut() {
+        rooms.leave_all();
+    }
+    session.uncount();
     let _ = session
         .bucket
         .unregister(session.key.clone(), session.id)

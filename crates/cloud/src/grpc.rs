@@ -239,7 +239,7 @@ impl Cloud for CloudService {
     }
 
     async fn rooms(&self, _: Request<RoomsReq>) -> Result<Response<RoomsReply>, Status> {
-        let rooms = self.buckets.room_counts().await?;
+        let rooms = self.buckets.room_counts(None).await?;
         Ok(Response::new(RoomsReply {
             rooms: rooms
                 .into_keys()

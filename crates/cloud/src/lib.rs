@@ -8,6 +8,7 @@
 mod bucket;
 pub mod config;
 mod conn;
+mod counts;
 mod demo;
 mod grpc;
 mod http;

@@ -66,6 +66,12 @@ pub(crate) trait SessionLogic: Send + Sync + 'static {
     async fn ack(&self, mid: i64, ack: u64) -> Result<(), Status>;
     /// Whether this connection may join `room` (logic's join webhook).
     async fn join(&self, mid: i64, key: &str, room: &str) -> Result<(), AuthError>;
+    /// Reports some rooms' counts on this node; answers their cluster
+    /// totals (for op 26).
+    async fn room_counts(
+        &self,
+        local: HashMap<String, i32>,
+    ) -> Result<HashMap<String, i32>, Status>;
 }
 
 /// Every call carries the API key and has a deadline. The deadline is the
@@ -263,6 +269,18 @@ impl SessionLogic for LogicClient {
             Ok(_) => Ok(()),
             Err(status) => Err(auth_error(&status)),
         }
+    }
+
+    async fn room_counts(
+        &self,
+        local: HashMap<String, i32>,
+    ) -> Result<HashMap<String, i32>, Status> {
+        let request = OnlineReq {
+            server: self.server_id.clone(),
+            room_count: local,
+        };
+        let reply = self.client.clone().room_counts(request).await?;
+        Ok(reply.into_inner().all_room_count)
     }
 }
 

@@ -15,10 +15,11 @@ use tracing::{info, warn};
 use crate::bucket::Buckets;
 use crate::config::{CloudConfig, ConfigError};
 use crate::conn::{ConnContext, ConnLimits, Shutdown};
+use crate::counts::RoomCounts;
 use crate::grpc::CloudService;
 use crate::http::DemoPage;
 use crate::listener::{Admission, Doorway, Kind, accept_loop};
-use crate::logic::{self, BadLogicAddr, LogicClient};
+use crate::logic::{self, BadLogicAddr, LogicClient, SessionLogic};
 use crate::metrics::Metrics;
 use crate::online::{Online, Reporter};
 use crate::outbox::Outbox;
@@ -278,14 +279,19 @@ async fn serve(parts: Parts, listeners: Listeners) -> Result<(), CloudError> {
     let doorway = Arc::new(Doorway {
         admission: Admission::new(config.max_connections, config.max_connections_per_ip),
         ws: WsSettings::from(&config),
-        conns: Arc::new(ConnContext::new(
-            ConnLimits::from(&config),
-            buckets.clone(),
-            Arc::new(logic),
-            online,
-            metrics,
-            shutdown.clone(),
-        )),
+        conns: {
+            let logic: Arc<dyn SessionLogic> = Arc::new(logic);
+            let counts = RoomCounts::spawn(buckets.clone(), logic.clone(), apis_stop.clone());
+            Arc::new(ConnContext::new(
+                ConnLimits::from(&config),
+                buckets.clone(),
+                logic,
+                online,
+                counts,
+                metrics,
+                shutdown.clone(),
+            ))
+        },
     });
     let tcp = tokio::spawn(accept_loop(
         listeners.tcp,

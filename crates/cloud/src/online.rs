@@ -80,7 +80,7 @@ pub(crate) async fn report(reporter: Reporter, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = now.notified() => {}
         }
-        let Ok(rooms) = buckets.room_counts().await else {
+        let Ok(rooms) = buckets.room_counts(None).await else {
             return;
         };
         let local: HashMap<String, i32> = rooms

@@ -248,6 +248,13 @@ async fn killing_a_cloud_node_is_reported_and_the_others_keep_working() {
     })
     .await;
     let mut on_a = on_a.expect("authenticated");
+    // A member on b too: room pushes go only where members are.
+    let mut on_b = None;
+    eventually("a client on node b", async || {
+        on_b = auth(&format!("ws://{}/sub", b.fields["ws"]), 2).await.ok();
+        on_b.is_some()
+    })
+    .await;
     let web = reqwest::Client::new();
     let push = |msg: &'static str| {
         web.post(format!("{api}/im/push/room"))

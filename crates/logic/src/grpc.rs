@@ -253,6 +253,22 @@ impl Logic for LogicService {
         }))
     }
 
+    async fn room_counts(
+        &self,
+        request: Request<OnlineReq>,
+    ) -> Result<Response<OnlineReply>, Status> {
+        let request = request.into_inner();
+        if request.server.is_empty() {
+            return Err(Status::invalid_argument("server is required"));
+        }
+        let rooms: Vec<String> = request.room_count.keys().cloned().collect();
+        self.store
+            .update_online(&request.server, request.room_count)
+            .await?;
+        let all_room_count = self.store.room_totals(&rooms).await?;
+        Ok(Response::new(OnlineReply { all_room_count }))
+    }
+
     async fn receive(
         &self,
         request: Request<ReceiveReq>,

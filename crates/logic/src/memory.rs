@@ -280,6 +280,51 @@ impl SessionStore for MemoryStore {
         Ok(online)
     }
 
+    async fn update_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let shared = state.server(server);
+        for (room, count) in &rooms {
+            if *count > 0 {
+                route(&mut state.routes, room, &shared, now);
+            }
+        }
+        let (counts, at) = state
+            .online
+            .entry(server.to_owned())
+            .or_insert_with(|| (HashMap::new(), now));
+        *at = now;
+        for (room, count) in rooms {
+            if count > 0 {
+                counts.insert(room, count);
+            } else {
+                counts.remove(&room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn room_totals(&self, rooms: &[String]) -> Result<HashMap<String, i32>, StoreError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let live: Vec<_> = state
+            .online
+            .values()
+            .filter(|(_, at)| now - *at <= self.online_ttl)
+            .collect();
+        Ok(rooms
+            .iter()
+            .map(|room| {
+                let total = live.iter().filter_map(|(counts, _)| counts.get(room)).sum();
+                (room.clone(), total)
+            })
+            .collect())
+    }
+
     async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut state = self.lock();

@@ -352,6 +352,61 @@ impl SessionStore for RedisStore {
             .await
     }
 
+    async fn update_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError> {
+        let (online_key, servers_key) = (self.online_key(server), self.servers_key());
+        let now = unix_ms();
+        let ttl = self.online_ttl.as_secs().max(1) as i64;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut members = Vec::new();
+        for (room, count) in &rooms {
+            if *count > 0 {
+                pipe.hset(&online_key, room, i64::from(*count)).ignore();
+                members.push(room.as_str());
+            } else {
+                pipe.hdel(&online_key, room).ignore();
+            }
+        }
+        pipe.hset(&online_key, UPDATED, now)
+            .ignore()
+            .expire(&online_key, ttl)
+            .ignore()
+            .zadd(&servers_key, server, now)
+            .ignore();
+        self.route(&mut pipe, server, &members, now);
+        self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
+            .await
+    }
+
+    async fn room_totals(&self, rooms: &[String]) -> Result<HashMap<String, i32>, StoreError> {
+        let servers_key = self.servers_key();
+        let oldest = unix_ms() - self.online_ttl.as_millis() as i64;
+        let servers: Vec<String> = self
+            .run(async |mut conn| conn.zrangebyscore(&servers_key, oldest, "+inf").await)
+            .await?;
+        let mut totals: HashMap<String, i32> = rooms.iter().map(|room| (room.clone(), 0)).collect();
+        if servers.is_empty() || rooms.is_empty() {
+            return Ok(totals);
+        }
+        let mut pipe = redis::pipe();
+        for server in &servers {
+            pipe.cmd("HMGET").arg(self.online_key(server)).arg(rooms);
+        }
+        let counts: Vec<Vec<Option<i64>>> = self
+            .run(async |mut conn| pipe.query_async(&mut conn).await)
+            .await?;
+        for per_server in counts {
+            for (room, count) in rooms.iter().zip(per_server) {
+                *totals.entry(room.clone()).or_default() += count.unwrap_or(0) as i32;
+            }
+        }
+        Ok(totals)
+    }
+
     async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError> {
         if rooms.is_empty() {
             return Ok(());

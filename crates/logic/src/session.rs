@@ -80,6 +80,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// node missed would lose it.
     async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError>;
 
+    /// Merges some of a cloud node's room counts into its last report
+    /// (and routes the rooms with members, as a report does).
+    async fn update_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError>;
+
+    /// The cluster-wide counts of `rooms` (0 for a room nobody is in),
+    /// over the nodes that reported within the online TTL.
+    async fn room_totals(&self, rooms: &[String]) -> Result<HashMap<String, i32>, StoreError>;
+
     /// The servers room pushes to `room` go to (see [`Self::route_rooms`];
     /// a report naming the room routes it too).
     async fn room_servers(&self, room: &str) -> Result<Vec<String>, StoreError>;

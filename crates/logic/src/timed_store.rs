@@ -86,6 +86,20 @@ impl SessionStore for TimedStore {
             .await
     }
 
+    async fn update_online(
+        &self,
+        server: &str,
+        rooms: HashMap<String, i32>,
+    ) -> Result<(), StoreError> {
+        self.time("update_online", self.inner.update_online(server, rooms))
+            .await
+    }
+
+    async fn room_totals(&self, rooms: &[String]) -> Result<HashMap<String, i32>, StoreError> {
+        self.time("room_totals", self.inner.room_totals(rooms))
+            .await
+    }
+
     async fn room_servers(&self, room: &str) -> Result<Vec<String>, StoreError> {
         self.time("room_servers", self.inner.room_servers(room))
             .await

@@ -142,3 +142,53 @@ async fn a_device_joins_its_rooms_again_after_a_reconnect() {
     }
     assert_eq!(device.connections(), 2, "it reconnected");
 }
+
+/// The next op-26 count of `client`, skipping anything else.
+async fn next_count(client: &mut Client) -> Value {
+    loop {
+        let packet = client.recv_push().await.expect("packet");
+        if packet.op == imcloud_protocol::Op::ROOM_COUNT {
+            return serde_json::from_slice(&packet.body).expect("op-26 JSON");
+        }
+    }
+}
+
+#[tokio::test]
+async fn room_counts_are_pushed_at_join_and_as_they_change_at_most_once_a_second() {
+    let cluster = cluster(2, |_| {}).await;
+    let mut watcher = cluster.ws(0, token(100, &[], &[])).await;
+    watcher.join_counting("group://n").await.expect("join");
+    assert_eq!(
+        next_count(&mut watcher).await,
+        json!({"room": "group://n", "online": 1}),
+        "told at once, itself included"
+    );
+    let started = std::time::Instant::now();
+
+    // A burst: ten members join, five on each node, and four of them leave.
+    let mut members = Vec::new();
+    for mid in 0..10 {
+        members.push(
+            cluster
+                .ws(mid as usize % 2, token(mid, &["group://n"], &[]))
+                .await,
+        );
+    }
+    for mut member in members.drain(..4) {
+        member.leave("group://n").await.expect("leave");
+    }
+    let mut told = 0;
+    loop {
+        let count = next_count(&mut watcher).await;
+        told += 1;
+        if count["online"] == 7 {
+            break;
+        }
+    }
+    // Counts go out on a one-second tick: never more than one per second
+    // (plus the one a tick may send right after the join's).
+    let limit = started.elapsed().as_secs() + 2;
+    assert!(told <= limit, "{told} counts in {:?}", started.elapsed());
+    // The count heartbeat replies carry is the first room's, for goim clients.
+    assert!(members[0].heartbeat().await.expect("heartbeat") >= 1);
+}

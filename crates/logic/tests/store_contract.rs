@@ -144,6 +144,32 @@ async fn contract(store: Arc<dyn SessionStore>) {
         ["cloud-b"],
         "the reports keep it"
     );
+
+    // Some rooms' counts merge into a node's report; totals sum the nodes.
+    store
+        .update_online("cloud-d", HashMap::from([("live://1".to_owned(), 2)]))
+        .await
+        .expect("update");
+    store
+        .update_online("cloud-b", HashMap::from([("live://2".to_owned(), 0)]))
+        .await
+        .expect("update");
+    let rooms = [
+        "live://1".to_owned(),
+        "live://2".to_owned(),
+        "none://0".to_owned(),
+    ];
+    let totals = store.room_totals(&rooms).await.expect("totals");
+    assert_eq!(
+        totals,
+        HashMap::from([
+            ("live://1".to_owned(), 6),
+            ("live://2".to_owned(), 0),
+            ("none://0".to_owned(), 0),
+        ]),
+        "cloud-b's live://1 kept, its live://2 gone"
+    );
+    assert_eq!(servers("live://1").await, ["cloud-b", "cloud-d"]);
 }
 
 #[tokio::test]

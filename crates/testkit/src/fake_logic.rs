@@ -151,6 +151,15 @@ impl Logic for FakeLogic {
             all_room_count: totals,
         }))
     }
+    /// One cloud node: its counts are the totals.
+    async fn room_counts(
+        &self,
+        request: Request<OnlineReq>,
+    ) -> Result<Response<OnlineReply>, Status> {
+        Ok(Response::new(OnlineReply {
+            all_room_count: request.into_inner().room_count,
+        }))
+    }
     async fn receive(
         &self,
         request: Request<ReceiveReq>,

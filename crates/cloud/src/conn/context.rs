@@ -1,5 +1,6 @@
 //! What a connection is given: its limits, the buckets, logic (behind
-//! [`SessionLogic`]), the online counts, metrics and the node's shutdown.
+//! [`SessionLogic`]), the online counts (and the task that pushes them),
+//! metrics and the node's shutdown.
 //! Nothing more, so a session runs in a unit test without a node.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bucket::Buckets;
 use crate::config::CloudConfig;
+use crate::counts::RoomCounts;
 use crate::logic::SessionLogic;
 use crate::metrics::Metrics;
 use crate::online::Online;
@@ -59,6 +61,7 @@ pub(crate) struct ConnContext {
     pub(crate) buckets: Buckets,
     pub(crate) logic: Arc<dyn SessionLogic>,
     pub(crate) online: Arc<Online>,
+    pub(crate) counts: RoomCounts,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: Shutdown,
     pub(super) next_id: AtomicU64,
@@ -70,6 +73,7 @@ impl ConnContext {
         buckets: Buckets,
         logic: Arc<dyn SessionLogic>,
         online: Arc<Online>,
+        counts: RoomCounts,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Self {
@@ -78,6 +82,7 @@ impl ConnContext {
             buckets,
             logic,
             online,
+            counts,
             metrics,
             shutdown,
             next_id: AtomicU64::new(1),

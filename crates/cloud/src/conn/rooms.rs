@@ -20,6 +20,8 @@ pub(super) struct Rooms {
     joined: Vec<RoomId>,
     /// What op 22 and op 12 may join; empty: any room.
     allow: Vec<RoomPattern>,
+    /// The joined rooms whose counts this connection asked for (op 26).
+    counted: Vec<RoomId>,
 }
 
 impl Rooms {
@@ -53,11 +55,21 @@ impl Rooms {
                     .filter_map(|room| RoomPattern::parse(room).ok()),
             );
         }
-        Ok(Rooms { joined, allow })
+        Ok(Rooms {
+            joined,
+            allow,
+            counted: Vec::new(),
+        })
     }
 
     pub(super) fn joined(&self) -> &[RoomId] {
         &self.joined
+    }
+
+    /// Forgets every room here (the connection is closing; its bucket
+    /// forgets it on its own).
+    pub(super) fn leave_all(&mut self) {
+        self.joined.clear();
     }
 
     /// Whether the token limits what may be joined.
@@ -74,6 +86,9 @@ impl Rooms {
 #[derive(Deserialize)]
 struct RoomRequest {
     room: String,
+    /// Op 22: send the room's online count (op 26) now and as it changes.
+    #[serde(default)]
+    count: bool,
 }
 
 /// The body of op 23 and op 25.
@@ -105,22 +120,52 @@ impl Session {
 
     /// Op 22: joins a room, or says why not; the connection goes on either way.
     pub(super) async fn join(&mut self, packet: &Packet) -> Result<(), End> {
-        let RoomRequest { room } = parse_body(packet, r#"{"room": "type://id"}"#)?;
-        let outcome = match RoomId::parse(&room) {
-            Ok(id) => self.enter(id, false).await?,
-            Err(err) => Err(err.to_string()),
+        let RoomRequest { room, count } =
+            parse_body(packet, r#"{"room": "type://id", "count": bool}"#)?;
+        let (outcome, id) = match RoomId::parse(&room) {
+            Ok(id) => (self.enter(id.clone(), false).await?, Some(id)),
+            Err(err) => (Err(err.to_string()), None),
         };
         self.reply(
             packet,
             Op::JOIN_ROOM_REPLY,
             RoomAnswer::body(&room, &outcome),
         );
+        // Counted after the answer, so op 26 follows op 23.
+        if let (Ok(()), Some(id), true) = (&outcome, id, count) {
+            self.count(id);
+        }
         Ok(())
+    }
+
+    /// Has the room's online count sent to this connection (op 26).
+    fn count(&mut self, room: RoomId) {
+        let rooms = self.rooms.get_or_insert_default();
+        if !rooms.counted.contains(&room) {
+            rooms.counted.push(room.clone());
+            self.ctx.counts.watch(room, self.id, self.outbox.clone());
+        }
+    }
+
+    /// Stops the counts of the rooms this connection is no longer in.
+    pub(super) fn uncount(&mut self) {
+        let Some(rooms) = self.rooms.as_mut() else {
+            return;
+        };
+        let joined = &rooms.joined;
+        let counts = &self.ctx.counts;
+        rooms.counted.retain(|room| {
+            let keep = joined.contains(room);
+            if !keep {
+                counts.unwatch(room.clone(), self.id);
+            }
+            keep
+        });
     }
 
     /// Op 24: leaves a room (a room not joined is left already).
     pub(super) async fn leave(&mut self, packet: &Packet) -> Result<(), End> {
-        let RoomRequest { room } = parse_body(packet, r#"{"room": "type://id"}"#)?;
+        let RoomRequest { room, .. } = parse_body(packet, r#"{"room": "type://id"}"#)?;
         let outcome = match RoomId::parse(&room) {
             Ok(id) => {
                 let mut joined = self
@@ -211,6 +256,7 @@ impl Session {
             .await
             .map_err(|_| End::stopping())?;
         self.rooms.get_or_insert_default().joined = joined;
+        self.uncount();
         Ok(())
     }
 }

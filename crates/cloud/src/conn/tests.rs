@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::bucket::Buckets;
+use crate::counts::RoomCounts;
 use crate::listener::Admitted;
 use crate::logic::SessionLogic;
 use crate::online::Online;
@@ -64,6 +65,14 @@ impl SessionLogic for FakeLogic {
             heartbeat: 10,
             resume_wait_ms: 200,
         })
+    }
+
+    /// One node: the totals are this node's counts.
+    async fn room_counts(
+        &self,
+        local: std::collections::HashMap<String, i32>,
+    ) -> Result<std::collections::HashMap<String, i32>, Status> {
+        Ok(local)
     }
 
     async fn join(&self, _mid: i64, _key: &str, room: &str) -> Result<(), AuthError> {
@@ -142,11 +151,15 @@ fn limits() -> ConnLimits {
 fn start() -> Harness {
     let (calls_tx, calls) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
+    let buckets = Buckets::spawn(2, &metrics);
+    let logic: Arc<dyn SessionLogic> = Arc::new(FakeLogic { calls: calls_tx });
+    let counts = RoomCounts::spawn(buckets.clone(), logic.clone(), Default::default());
     let ctx = Arc::new(ConnContext::new(
         limits(),
-        Buckets::spawn(2, &metrics),
-        Arc::new(FakeLogic { calls: calls_tx }),
+        buckets,
+        logic,
         Arc::new(Online::default()),
+        counts,
         metrics,
         Shutdown::default(),
     ));

@@ -43,6 +43,8 @@ pub(crate) struct Member {
     pub(crate) outbox: Arc<Outbox>,
     /// The rooms it is in, in the order joined (the first is goim's room).
     pub(crate) rooms: Vec<RoomId>,
+    /// The token's platform (`web`, `ios`...), for presence.
+    pub(crate) platform: Box<str>,
     /// Business ops this connection wants from `Broadcast` (and from key
     /// pushes that name an op).
     pub(crate) accepts: Vec<u32>,
@@ -52,6 +54,15 @@ impl Member {
     fn accepts(&self, filter: Option<u32>) -> bool {
         filter.is_none_or(|op| self.accepts.contains(&op))
     }
+}
+
+/// A connection as presence describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Device {
+    pub(crate) key: Key,
+    pub(crate) mid: i64,
+    pub(crate) platform: Box<str>,
+    pub(crate) rooms: Vec<RoomId>,
 }
 
 /// The bucket task is gone: only when the node is shutting down.
@@ -106,6 +117,17 @@ enum Command {
     },
     Sessions {
         reply: oneshot::Sender<Vec<(i64, String)>>,
+    },
+    /// Who holds these keys (presence).
+    Devices {
+        keys: Vec<Key>,
+        reply: oneshot::Sender<Vec<Device>>,
+    },
+    /// A room's connections here, and up to `limit` of its users.
+    Members {
+        room: RoomId,
+        limit: usize,
+        reply: oneshot::Sender<(usize, Vec<i64>)>,
     },
 }
 
@@ -284,6 +306,36 @@ impl Bucket {
                         .collect(),
                 };
                 let _ = reply.send(counts);
+            }
+            Command::Devices { keys, reply } => {
+                let devices = keys
+                    .into_iter()
+                    .filter_map(|key| {
+                        let member = self.members.get(&key)?;
+                        Some(Device {
+                            mid: member.mid,
+                            platform: member.platform.clone(),
+                            rooms: member.rooms.clone(),
+                            key,
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(devices);
+            }
+            Command::Members { room, limit, reply } => {
+                // Presence is asked rarely: a scan beats keeping a user per
+                // room member on the push path.
+                let online = self.rooms.get(&room).map_or(0, HashMap::len);
+                let mut mids: Vec<i64> = self
+                    .members
+                    .values()
+                    .filter(|member| member.rooms.contains(&room))
+                    .map(|member| member.mid)
+                    .collect();
+                mids.sort_unstable();
+                mids.dedup();
+                mids.truncate(limit.saturating_add(1));
+                let _ = reply.send((online, mids));
             }
             Command::Sessions { reply } => {
                 let sessions = self
@@ -588,6 +640,45 @@ impl Buckets {
             all.extend(handle.ask(|reply| Command::Sessions { reply }).await?);
         }
         Ok(all)
+    }
+
+    /// The devices holding `keys` here (keys not here are left out).
+    pub(crate) async fn devices(&self, keys: Vec<Key>) -> Result<Vec<Device>, BucketGone> {
+        let mut by_bucket: Vec<Vec<Key>> = vec![Vec::new(); self.handles.len()];
+        for key in keys {
+            by_bucket[self.index(&key)].push(key);
+        }
+        let mut devices = Vec::new();
+        for (handle, keys) in self.handles.iter().zip(by_bucket) {
+            if !keys.is_empty() {
+                devices.extend(handle.ask(|reply| Command::Devices { keys, reply }).await?);
+            }
+        }
+        Ok(devices)
+    }
+
+    /// A room's connections here, and its distinct users, at most `limit`
+    /// (the bool: there are more).
+    pub(crate) async fn members(
+        &self,
+        room: RoomId,
+        limit: usize,
+    ) -> Result<(usize, Vec<i64>, bool), BucketGone> {
+        let mut online = 0;
+        let mut mids = Vec::new();
+        for handle in self.handles.iter() {
+            let room = room.clone();
+            let (count, some) = handle
+                .ask(|reply| Command::Members { room, limit, reply })
+                .await?;
+            online += count;
+            mids.extend(some);
+        }
+        mids.sort_unstable();
+        mids.dedup();
+        let truncated = mids.len() > limit;
+        mids.truncate(limit);
+        Ok((online, mids, truncated))
     }
 
     /// Members per room on this node: every room with members, or `only`

@@ -226,6 +226,7 @@ async fn authenticate<T: Transport>(
             .as_ref()
             .map(|rooms| rooms.joined().to_vec())
             .unwrap_or_default(),
+        platform: reply.platform.as_str().into(),
         accepts: reply
             .accepts
             .iter()

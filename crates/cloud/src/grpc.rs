@@ -11,7 +11,8 @@ use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
 use imcloud_proto::cloud::delivery::Kind;
 use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, DeliverReply, DeliverReq,
-    DeliveryResult, Empty, Proto, PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
+    DeliveryResult, Device, DevicesReply, DevicesReq, Empty, MembersReply, MembersReq, Proto,
+    PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
 };
 use imcloud_protocol::{Op, Packet, RoomId, VERSION};
 use tokio::net::TcpListener;
@@ -245,6 +246,46 @@ impl Cloud for CloudService {
                 .into_keys()
                 .map(|room| (room.to_string(), true))
                 .collect(),
+        }))
+    }
+
+    async fn devices(
+        &self,
+        request: Request<DevicesReq>,
+    ) -> Result<Response<DevicesReply>, Status> {
+        let keys = request
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(Key::from)
+            .collect();
+        let devices = self.buckets.devices(keys).await?;
+        Ok(Response::new(DevicesReply {
+            devices: devices
+                .into_iter()
+                .map(|device| Device {
+                    key: device.key.to_string(),
+                    mid: device.mid,
+                    platform: device.platform.into(),
+                    rooms: device.rooms.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn members(
+        &self,
+        request: Request<MembersReq>,
+    ) -> Result<Response<MembersReply>, Status> {
+        let request = request.into_inner();
+        let room = RoomId::parse(&request.room_id)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let limit = request.limit as usize;
+        let (online, mids, truncated) = self.buckets.members(room, limit).await?;
+        Ok(Response::new(MembersReply {
+            online: u32::try_from(online).unwrap_or(u32::MAX),
+            mids,
+            truncated,
         }))
     }
 }

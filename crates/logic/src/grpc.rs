@@ -18,6 +18,7 @@ use crate::idempotent::{Answer, Idempotent};
 use crate::inbox::{Acked, InboxStore};
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
+use crate::presence::Presence;
 use crate::push::{Delivered, Message, PushError, Target};
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::TokenVerifier;
@@ -38,6 +39,7 @@ pub(crate) struct LogicService {
     pub(crate) inbox: Arc<dyn InboxStore>,
     pub(crate) pushes: Arc<Idempotent>,
     pub(crate) advisor: Arc<Advisor>,
+    pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Arc<Metrics>,
     /// Where client messages (op 4) go, if anywhere.
     pub(crate) receive_webhook: Option<Webhook>,
@@ -164,6 +166,7 @@ impl Logic for LogicService {
             resume_wait_ms: self.resume_wait.as_millis() as i64,
             rooms: identity.rooms.iter().map(ToString::to_string).collect(),
             allow_rooms: identity.allow_rooms,
+            platform: identity.platform,
         }))
     }
 
@@ -250,6 +253,55 @@ impl Logic for LogicService {
         let online = self.store.online().await?;
         Ok(Response::new(OnlineReply {
             all_room_count: online.rooms,
+        }))
+    }
+
+    async fn online_users(
+        &self,
+        request: Request<OnlineUsersReq>,
+    ) -> Result<Response<OnlineUsersReply>, Status> {
+        let mids = request.into_inner().mids;
+        if mids.is_empty() {
+            return Err(Status::invalid_argument("mids is required"));
+        }
+        let users = self.presence.users(&mids).await?;
+        Ok(Response::new(OnlineUsersReply {
+            users: users
+                .into_iter()
+                .map(|(mid, devices)| {
+                    let devices = devices
+                        .into_iter()
+                        .map(|device| OnlineDevice {
+                            key: device.key,
+                            node: device.node,
+                            platform: device.platform,
+                            rooms: device.rooms,
+                        })
+                        .collect();
+                    (mid, OnlineDevices { devices })
+                })
+                .collect(),
+        }))
+    }
+
+    async fn online_members(
+        &self,
+        request: Request<OnlineMembersReq>,
+    ) -> Result<Response<OnlineMembersReply>, Status> {
+        let request = request.into_inner();
+        let room = RoomId::parse(&request.room)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let limit = if request.limit == 0 {
+            100
+        } else {
+            request.limit.min(10_000)
+        };
+        let members = self.presence.members(&room, limit).await?;
+        Ok(Response::new(OnlineMembersReply {
+            room: members.room,
+            online: members.online,
+            members: members.members,
+            truncated: members.truncated,
         }))
     }
 

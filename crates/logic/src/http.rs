@@ -29,6 +29,7 @@ use crate::inbox::InboxStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
 use crate::params::{Params, PushRequest};
+use crate::presence::Presence;
 use crate::push::PushError;
 use crate::session::{SessionStore, StoreError};
 use crate::verifier::{Claims, Jwt};
@@ -41,6 +42,8 @@ pub(crate) struct Api {
     /// Users' kept messages.
     pub(crate) inbox: Arc<dyn InboxStore>,
     pub(crate) advisor: Arc<Advisor>,
+    /// Who is online.
+    pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Arc<Metrics>,
     /// Required on backend routes.
     pub(crate) api_key: ApiKey,
@@ -69,6 +72,8 @@ pub(crate) async fn serve(
         .route("/{style}/online/top", get(online_top))
         .route("/{style}/online/room", get(online_room))
         .route("/{style}/online/total", get(online_total))
+        .route("/{style}/online/users", get(online_users))
+        .route("/{style}/online/members", get(online_members))
         .route("/im/inbox", get(inbox))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_key));
     let app = Router::new()
@@ -274,6 +279,49 @@ async fn online_room(
         .collect();
     Ok(ok(counts))
 }
+
+/// `GET /im/online/users?mids=1,2,3`: every device of each user, as the
+/// cloud nodes holding them say now; every mid asked for appears.
+async fn online_users(
+    State(api): State<Arc<Api>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::from_query(query.as_deref());
+    let mids = params.mids()?;
+    if mids.is_empty() {
+        return Err(ApiError::bad("mids is required"));
+    }
+    if mids.len() > MAX_PRESENCE_MIDS {
+        return Err(ApiError::bad(format!(
+            "{} mids in one request; the limit is {MAX_PRESENCE_MIDS}",
+            mids.len()
+        )));
+    }
+    let users = api.presence.users(&mids).await?;
+    let users: serde_json::Map<String, Value> = users
+        .into_iter()
+        .map(|(mid, devices)| (mid.to_string(), json!(devices)))
+        .collect();
+    Ok(ok(users))
+}
+
+/// `GET /im/online/members?room=type://id&limit=100`: the room's
+/// connections and distinct users, cluster-wide.
+async fn online_members(
+    State(api): State<Arc<Api>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::from_query(query.as_deref());
+    let room = params.room()?;
+    let limit: u32 = params.number("limit")?.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad("limit must be 1 to 10000"));
+    }
+    Ok(ok(api.presence.members(&room, limit).await?))
+}
+
+/// Most users one presence request may name.
+const MAX_PRESENCE_MIDS: usize = 10_000;
 
 /// Cluster totals: connections in rooms, rooms, reporting cloud nodes.
 async fn online_total(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {

@@ -19,6 +19,7 @@ mod node;
 mod nodes;
 mod offline;
 mod params;
+mod presence;
 mod push;
 mod redis_inbox;
 mod redis_store;

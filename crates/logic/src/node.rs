@@ -24,6 +24,7 @@ use crate::memory::MemoryStore;
 use crate::metrics::Metrics;
 use crate::nodes::Advisor;
 use crate::offline::OfflineWorker;
+use crate::presence::Presence;
 use crate::push::Pusher;
 use crate::redis_store::RedisStore;
 use crate::router::Clouds;
@@ -194,6 +195,7 @@ impl Logic {
             dedupe,
             config.dedupe_window,
         ));
+        let presence = Arc::new(Presence::new(store.clone(), clouds.clone()));
         let advisor = Arc::new(Advisor {
             store: store.clone(),
             clouds,
@@ -206,6 +208,7 @@ impl Logic {
             inbox: inbox.clone(),
             pushes: pushes.clone(),
             advisor: advisor.clone(),
+            presence: presence.clone(),
             metrics: metrics.clone(),
             receive_webhook: config
                 .receive_webhook
@@ -229,6 +232,7 @@ impl Logic {
             store,
             inbox: inbox.clone(),
             advisor,
+            presence,
             metrics: metrics.clone(),
             api_key: key.clone(),
             dev_tokens,

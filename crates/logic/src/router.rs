@@ -44,13 +44,13 @@ pub(crate) struct Link {
 
 /// What one node of a fan-out did with its call.
 #[derive(Debug)]
-pub(crate) struct NodeResult<T> {
+pub(crate) struct NodeResult<T, R = ()> {
     /// The node's id.
     pub(crate) node: String,
     /// What it was handed (its keys, for a push by key).
     pub(crate) handed: T,
-    /// Whether it took it, or why not.
-    pub(crate) outcome: Result<(), String>,
+    /// What it answered, or why it did not.
+    pub(crate) outcome: Result<R, String>,
 }
 
 impl Clouds {
@@ -106,15 +106,15 @@ impl Clouds {
 
     /// Calls every target node concurrently, each under the deadline, and
     /// says what each one did. `targets` pairs a node with what it is handed.
-    pub(crate) async fn fan_out<T, F, Fut>(
+    pub(crate) async fn fan_out<T, R, F, Fut>(
         &self,
         targets: Vec<(ServiceNode, T)>,
         call: F,
-    ) -> Vec<NodeResult<T>>
+    ) -> Vec<NodeResult<T, R>>
     where
         T: Clone,
         F: Fn(Link, T) -> Fut,
-        Fut: Future<Output = Result<(), Status>>,
+        Fut: Future<Output = Result<R, Status>>,
     {
         let calls = targets.into_iter().map(|(node, handed)| {
             let call = self.link(&node).map(|link| call(link, handed.clone()));

@@ -13,7 +13,8 @@ use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
 use imcloud_proto::cloud::delivery::Kind;
 use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, DeliverReply, DeliverReq,
-    DeliveryResult, Empty, PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
+    DeliveryResult, DevicesReply, DevicesReq, Empty, MembersReply, MembersReq, PushMsgReply,
+    PushMsgReq, RoomsReply, RoomsReq,
 };
 use imcloud_proto::logic::JoinReq;
 use imcloud_proto::logic::logic_client::LogicClient;
@@ -124,6 +125,12 @@ impl Cloud for Served {
     }
     async fn rooms(&self, _: Request<RoomsReq>) -> Result<Response<RoomsReply>, Status> {
         Ok(Response::new(RoomsReply::default()))
+    }
+    async fn devices(&self, _: Request<DevicesReq>) -> Result<Response<DevicesReply>, Status> {
+        Err(Status::unimplemented("devices"))
+    }
+    async fn members(&self, _: Request<MembersReq>) -> Result<Response<MembersReply>, Status> {
+        Err(Status::unimplemented("members"))
     }
 }
 

@@ -126,6 +126,8 @@ async fn a_command_whose_cloud_node_is_down_is_retried_then_dead_lettered() {
         .subscribe("imcloud.push.dead")
         .await
         .expect("subscribe");
+    // A member routes the room to node 0, which then goes down.
+    drop(cluster.ws(0, token(71, None, "live://gone", &[])).await);
     cluster.stop_cloud(0).await;
     publish(
         &js,
@@ -158,6 +160,9 @@ async fn a_command_whose_cloud_node_is_down_is_delivered_once_it_is_back() {
     })
     .await;
     let (_, js) = publisher(&nats).await;
+    // A member routes the room to node 0; the node then goes down (its
+    // route lasts the online TTL, so logic keeps trying it).
+    drop(cluster.ws(0, token(70, None, "live://back", &[])).await);
     cluster.stop_cloud(0).await;
     publish(&js, r#"{"type":"room","room":"live://back","msg":"later"}"#).await;
     let http = cluster.http.clone();

@@ -152,3 +152,66 @@ async fn room_pushes_go_only_where_members_are_and_follow_a_join_through_the_oth
     assert_eq!(&on_a.recv_push().await.expect("a").body[..], b"both");
     assert_eq!(calls_served(&cluster, 2), before[1], "node 2 never called");
 }
+
+#[tokio::test]
+async fn presence_lists_devices_on_every_node_and_forgets_them_when_they_go() {
+    let redis = RedisServer::start();
+    let cluster = shared_cluster(&redis).await;
+    let device = |mid: i64, platform: &str| {
+        serde_json::json!({"mid": mid, "platform": platform, "room_id": "group://p"}).to_string()
+    };
+    let web = cluster.ws(0, device(7, "web")).await;
+    let _phone = cluster.tcp(1, device(7, "ios")).await;
+    let _other = cluster.ws(1, device(9, "web")).await;
+
+    // Asked of logic 1; the web device authenticated through logic 0.
+    let (status, users) = cluster.get_from(1, "/im/online/users?mids=7,8").await;
+    assert_eq!(status, 200, "{users}");
+    let seven = users["data"]["7"].as_array().expect("user 7 listed");
+    let mut seen: Vec<(String, String)> = seven
+        .iter()
+        .map(|d| {
+            (
+                d["node"].as_str().unwrap_or("").to_owned(),
+                d["platform"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("cloud-0".to_owned(), "web".to_owned()),
+            ("cloud-1".to_owned(), "ios".to_owned())
+        ]
+    );
+    assert_eq!(seven[0]["rooms"], serde_json::json!(["group://p"]));
+    assert_eq!(
+        users["data"]["8"],
+        serde_json::json!([]),
+        "offline users are listed empty"
+    );
+
+    let (_, members) = cluster
+        .get_from(0, "/im/online/members?room=group://p&limit=10")
+        .await;
+    assert_eq!(
+        members["data"],
+        serde_json::json!({"room": "group://p", "online": 3, "members": [7, 9], "truncated": false})
+    );
+    let (_, first) = cluster
+        .get_from(0, "/im/online/members?room=group://p&limit=1")
+        .await;
+    assert_eq!(
+        (&first["data"]["members"], &first["data"]["truncated"]),
+        (&serde_json::json!([7]), &serde_json::json!(true))
+    );
+
+    // The web device disconnects: gone at once.
+    drop(web);
+    cluster
+        .eventually_at(1, "/im/online/users?mids=7", |d| {
+            d["7"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+}

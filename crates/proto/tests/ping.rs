@@ -4,7 +4,8 @@ use imcloud_proto::cloud::cloud_client::CloudClient;
 use imcloud_proto::cloud::cloud_server::{Cloud, CloudServer};
 use imcloud_proto::cloud::{
     BroadcastReply, BroadcastReq, BroadcastRoomReply, BroadcastRoomReq, DeliverReply, DeliverReq,
-    Empty, PushMsgReply, PushMsgReq, RoomsReply, RoomsReq,
+    DevicesReply, DevicesReq, Empty, MembersReply, MembersReq, PushMsgReply, PushMsgReq,
+    RoomsReply, RoomsReq,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +48,12 @@ impl Cloud for PingOnly {
     }
     async fn rooms(&self, _: Request<RoomsReq>) -> Result<Response<RoomsReply>, Status> {
         Err(Status::unimplemented("rooms"))
+    }
+    async fn devices(&self, _: Request<DevicesReq>) -> Result<Response<DevicesReply>, Status> {
+        Err(Status::unimplemented("devices"))
+    }
+    async fn members(&self, _: Request<MembersReq>) -> Result<Response<MembersReply>, Status> {
+        Err(Status::unimplemented("members"))
     }
 }
 

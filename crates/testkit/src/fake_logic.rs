@@ -62,6 +62,8 @@ struct Token {
     rooms: Vec<String>,
     #[serde(default)]
     allow_rooms: Vec<String>,
+    #[serde(default)]
+    platform: String,
 }
 
 pub fn token(mid: i64, key: &str, room: &str, accepts: &[i32]) -> String {
@@ -106,6 +108,7 @@ impl Logic for FakeLogic {
             resume_wait_ms: 0,
             rooms: token.rooms,
             allow_rooms: token.allow_rooms,
+            platform: token.platform,
         }))
     }
     /// The fake join webhook: `private://` rooms are members only.
@@ -150,6 +153,18 @@ impl Logic for FakeLogic {
         Ok(Response::new(OnlineReply {
             all_room_count: totals,
         }))
+    }
+    async fn online_users(
+        &self,
+        _: Request<OnlineUsersReq>,
+    ) -> Result<Response<OnlineUsersReply>, Status> {
+        Err(Status::unimplemented("the fake logic knows no presence"))
+    }
+    async fn online_members(
+        &self,
+        _: Request<OnlineMembersReq>,
+    ) -> Result<Response<OnlineMembersReply>, Status> {
+        Err(Status::unimplemented("the fake logic knows no presence"))
     }
     /// One cloud node: its counts are the totals.
     async fn room_counts(

@@ -61,6 +61,7 @@ impl SessionLogic for FakeLogic {
             },
             rooms,
             allow_rooms: list(allow),
+            platform: "test".to_owned(),
             accepts: vec![1000],
             heartbeat: 10,
             resume_wait_ms: 200,

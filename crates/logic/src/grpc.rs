@@ -416,6 +416,7 @@ impl Logic for LogicService {
             .await?;
         Ok(reply(&answer, |delivered| PushRoomReply {
             nodes: delivered.nodes as i32,
+            members: delivered.members.unwrap_or(0) as i32,
         }))
     }
 

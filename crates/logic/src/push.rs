@@ -59,6 +59,10 @@ pub struct Delivered {
     /// Users whose inbox numbered and kept it (pushes by mid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<usize>,
+    /// The room's connections (room pushes), as the cloud nodes last
+    /// counted them: each reports a changed count within about a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<usize>,
     /// Cloud nodes that could not take it, with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
@@ -136,6 +140,7 @@ fn settle(results: Vec<NodeResult<Batch>>, count_keys: bool) -> Delivered {
         nodes: reached.len(),
         keys: count_keys.then_some(keys),
         stored: None,
+        members: None,
         failed,
     }
 }
@@ -348,7 +353,12 @@ impl Pusher {
                 async move { link.courier.deliver(Kind::Room(request)).await }
             })
             .await;
-        let delivered = settle(results, false).reached_some()?;
+        let mut delivered = settle(results, false).reached_some()?;
+        // A count the store cannot give does not fail a push already made.
+        let room = room.to_string();
+        if let Ok(totals) = self.store.room_totals(std::slice::from_ref(&room)).await {
+            delivered.members = totals.get(&room).map(|n| usize::try_from(*n).unwrap_or(0));
+        }
         self.metrics.pushed("room", delivered.nodes);
         Ok(delivered)
     }

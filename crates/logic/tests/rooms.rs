@@ -189,6 +189,16 @@ async fn room_counts_are_pushed_at_join_and_as_they_change_at_most_once_a_second
     // (plus the one a tick may send right after the join's).
     let limit = started.elapsed().as_secs() + 2;
     assert!(told <= limit, "{told} counts in {:?}", started.elapsed());
+    // A room push says how many connections the room has, as counted.
+    let (status, body) = cluster
+        .post_form("/im/push/room", "type=group&room=n&msg=all")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["data"]["nodes"], &body["data"]["members"]),
+        (&json!(2), &json!(7)),
+        "{body}"
+    );
     // The count heartbeat replies carry is the first room's, for goim clients.
     assert!(members[0].heartbeat().await.expect("heartbeat") >= 1);
 }

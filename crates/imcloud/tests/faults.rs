@@ -311,6 +311,19 @@ async fn killing_a_cloud_node_is_reported_and_the_others_keep_working() {
         answer["data"]["nodes"] == 1 && answer["data"].get("failed").is_none()
     })
     .await;
+    // Presence: the dead node's device is gone, the live node's listed.
+    let users: Value = web
+        .get(format!("{api}/im/online/users?mids=1,2"))
+        .send()
+        .await
+        .expect("presence")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(users["data"]["2"], serde_json::json!([]), "{users}");
+    let on_a_devices = users["data"]["1"].as_array().expect("user 1");
+    assert_eq!(on_a_devices.len(), 1, "{users}");
+    assert_eq!(on_a_devices[0]["node"], "a", "{users}");
 }
 
 /// A Redis outage is one WARN line on the cloud node, not one per client

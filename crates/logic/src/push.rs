@@ -343,22 +343,24 @@ impl Pusher {
             .map(|node| (node, Batch::default()))
             .collect();
         let proto = message.proto();
-        let results = self
-            .clouds
-            .fan_out(targets, |link, _| {
+        let name = [room.to_string()];
+        // The count is read while the push travels, so it costs the push
+        // no time; a count the store cannot give does not fail the push.
+        let (results, totals) = tokio::join!(
+            self.clouds.fan_out(targets, |link, _| {
                 let request = BroadcastRoomReq {
                     room_id: room.to_string(),
                     proto: Some(proto.clone()),
                 };
                 async move { link.courier.deliver(Kind::Room(request)).await }
-            })
-            .await;
+            }),
+            self.store.room_totals(&name),
+        );
         let mut delivered = settle(results, false).reached_some()?;
-        // A count the store cannot give does not fail a push already made.
-        let room = room.to_string();
-        if let Ok(totals) = self.store.room_totals(std::slice::from_ref(&room)).await {
-            delivered.members = totals.get(&room).map(|n| usize::try_from(*n).unwrap_or(0));
-        }
+        delivered.members = totals
+            .ok()
+            .and_then(|totals| totals.get(&name[0]).copied())
+            .map(|n| usize::try_from(n).unwrap_or(0));
         self.metrics.pushed("room", delivered.nodes);
         Ok(delivered)
     }

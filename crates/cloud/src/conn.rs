@@ -443,10 +443,7 @@ async fn finish<T: Transport>(
         End::Gone(why) => debug!(why, "connection ended"),
     }
     let Some(mut session) = session else { return };
-    if let Some(rooms) = session.rooms.as_mut() {
-        rooms.leave_all();
-    }
-    session.uncount();
+    session.stop_counts();
     let _ = session
         .bucket
         .unregister(session.key.clone(), session.id)

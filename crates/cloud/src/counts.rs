@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imcloud_protocol::{Op, Packet, RoomId};
+use imcloud_protocol::{EncodedPacket, Op, Packet, RoomId};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -106,7 +106,9 @@ async fn run(
                     let totals = exchange(&*logic, local.unwrap_or_default()).await;
                     let watched = rooms.entry(room.clone()).or_default();
                     if let Some(&total) = totals.get(&room) {
-                        tell(&outbox, &room, total);
+                        if let Some(packet) = count_packet(&room, total) {
+                            let _ = outbox.push(&packet);
+                        }
                         watched.told.get_or_insert(total);
                     }
                     watched.members.insert(id, outbox);
@@ -147,8 +149,9 @@ async fn run(
                         continue;
                     }
                     watched.told = Some(total);
+                    let Some(packet) = count_packet(room, total) else { continue };
                     // A closed connection's outbox refuses: it drops out.
-                    watched.members.retain(|_, outbox| tell(outbox, room, total));
+                    watched.members.retain(|_, outbox| outbox.push(&packet).is_ok());
                 }
                 rooms.retain(|_, watched| !watched.members.is_empty());
             }
@@ -173,11 +176,8 @@ async fn exchange(logic: &dyn SessionLogic, local: HashMap<RoomId, usize>) -> Ha
         .collect()
 }
 
-/// Sends op 26; false when the connection is gone.
-fn tell(outbox: &Outbox, room: &RoomId, online: u32) -> bool {
-    let body = serde_json::to_vec(&Count { room, online }).unwrap_or_default();
-    match Packet::new(Op::ROOM_COUNT, 0, body).encode() {
-        Ok(packet) => outbox.push(&packet).is_ok(),
-        Err(_) => true,
-    }
+/// Op 26 for `room`, encoded once for all its watchers.
+fn count_packet(room: &RoomId, online: u32) -> Option<EncodedPacket> {
+    let body = serde_json::to_vec(&Count { room, online }).ok()?;
+    Packet::new(Op::ROOM_COUNT, 0, body).encode().ok()
 }

@@ -104,6 +104,14 @@ fn reply<T>(answer: &Answer, reply: impl FnOnce(&Delivered) -> T) -> Response<T>
     response
 }
 
+/// A cloud node's call must name the node.
+fn required_server(server: &str) -> Result<(), Status> {
+    if server.is_empty() {
+        return Err(Status::invalid_argument("server is required"));
+    }
+    Ok(())
+}
+
 fn operation(op: i32) -> Option<i32> {
     (op != 0).then_some(op)
 }
@@ -126,9 +134,7 @@ impl Logic for LogicService {
         request: Request<ConnectReq>,
     ) -> Result<Response<ConnectReply>, Status> {
         let request = request.into_inner();
-        if request.server.is_empty() {
-            return Err(Status::invalid_argument("server is required"));
-        }
+        required_server(&request.server)?;
         let identity = match self.verifier.verify(&request.token).await {
             Ok(identity) => identity,
             Err(err) => {
@@ -225,9 +231,7 @@ impl Logic for LogicService {
         request: Request<RenewSessionsReq>,
     ) -> Result<Response<RenewSessionsReply>, Status> {
         let request = request.into_inner();
-        if request.server.is_empty() {
-            return Err(Status::invalid_argument("server is required"));
-        }
+        required_server(&request.server)?;
         let sessions: Vec<(i64, String)> = request
             .sessions
             .into_iter()
@@ -244,9 +248,7 @@ impl Logic for LogicService {
         request: Request<OnlineReq>,
     ) -> Result<Response<OnlineReply>, Status> {
         let request = request.into_inner();
-        if request.server.is_empty() {
-            return Err(Status::invalid_argument("server is required"));
-        }
+        required_server(&request.server)?;
         self.store
             .report_online(&request.server, request.room_count)
             .await?;
@@ -310,9 +312,7 @@ impl Logic for LogicService {
         request: Request<OnlineReq>,
     ) -> Result<Response<OnlineReply>, Status> {
         let request = request.into_inner();
-        if request.server.is_empty() {
-            return Err(Status::invalid_argument("server is required"));
-        }
+        required_server(&request.server)?;
         let rooms: Vec<String> = request.room_count.keys().cloned().collect();
         self.store
             .update_online(&request.server, request.room_count)

@@ -83,21 +83,25 @@ impl State {
         shrink(&mut self.keys);
         shrink(&mut self.mids);
     }
-}
 
-/// Notes that `server` has members of `room` at `now`.
-fn route(
-    routes: &mut HashMap<String, HashMap<Arc<str>, Instant>>,
-    room: &str,
-    server: &Arc<str>,
-    now: Instant,
-) {
-    match routes.get_mut(room) {
-        Some(servers) => {
-            servers.insert(server.clone(), now);
-        }
-        None => {
-            routes.insert(room.to_owned(), HashMap::from([(server.clone(), now)]));
+    /// Notes that `server` has members of `rooms` at `now`.
+    fn route<'a>(
+        &mut self,
+        server: &str,
+        rooms: impl IntoIterator<Item = &'a String>,
+        now: Instant,
+    ) {
+        let server = self.server(server);
+        for room in rooms {
+            match self.routes.get_mut(room) {
+                Some(servers) => {
+                    servers.insert(server.clone(), now);
+                }
+                None => {
+                    let servers = HashMap::from([(server.clone(), now)]);
+                    self.routes.insert(room.clone(), servers);
+                }
+            }
         }
     }
 }
@@ -247,10 +251,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
-        let shared = state.server(server);
-        for room in rooms.keys() {
-            route(&mut state.routes, room, &shared, now);
-        }
+        state.route(server, rooms.keys(), now);
         state.online.insert(server.to_owned(), (rooms, now));
         // Rooms nobody has named for the online TTL are forgotten.
         let ttl = self.online_ttl;
@@ -287,12 +288,8 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut state = self.lock();
-        let shared = state.server(server);
-        for (room, count) in &rooms {
-            if *count > 0 {
-                route(&mut state.routes, room, &shared, now);
-            }
-        }
+        let members = rooms.iter().filter(|(_, count)| **count > 0);
+        state.route(server, members.map(|(room, _)| room), now);
         let (counts, at) = state
             .online
             .entry(server.to_owned())
@@ -326,12 +323,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn route_rooms(&self, server: &str, rooms: &[String]) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let shared = state.server(server);
-        for room in rooms {
-            route(&mut state.routes, room, &shared, now);
-        }
+        self.lock().route(server, rooms, Instant::now());
         Ok(())
     }
 

@@ -136,13 +136,32 @@ impl RedisStore {
     /// Adds to `pipe` what routes `rooms` to `server` at `now`: the
     /// server's field, and the key's expiry (twice the online TTL, so a
     /// room nobody names is forgotten).
-    fn route(&self, pipe: &mut redis::Pipeline, server: &str, rooms: &[&str], now: i64) {
+    fn route<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        server: &str,
+        rooms: impl IntoIterator<Item = &'a String>,
+        now: i64,
+    ) {
         let expiry = (self.online_ttl.as_millis() as i64).max(1_000) * 2;
         for room in rooms {
             let key = self.route_key(room);
             pipe.hset(&key, server, now).ignore();
             pipe.pexpire(&key, expiry).ignore();
         }
+    }
+
+    /// Adds to `pipe` what marks `server`'s report as made at `now`: its
+    /// `@updated` field, its key's expiry, its place in `ol_servers`.
+    fn reported(&self, pipe: &mut redis::Pipeline, server: &str, now: i64) {
+        let online_key = self.online_key(server);
+        let ttl = self.online_ttl.as_secs().max(1) as i64;
+        pipe.hset(&online_key, UPDATED, now)
+            .ignore()
+            .expire(&online_key, ttl)
+            .ignore()
+            .zadd(self.servers_key(), server, now)
+            .ignore();
     }
 
     fn epoch_key(&self) -> String {
@@ -325,29 +344,19 @@ impl SessionStore for RedisStore {
         server: &str,
         rooms: HashMap<String, i32>,
     ) -> Result<(), StoreError> {
-        let (online_key, servers_key) = (self.online_key(server), self.servers_key());
+        let online_key = self.online_key(server);
         let now = unix_ms();
-        let ttl = self.online_ttl.as_secs().max(1) as i64;
-        let mut fields: Vec<(String, i64)> = rooms
-            .into_iter()
-            .map(|(room, n)| (room, i64::from(n)))
-            .collect();
-        fields.push((UPDATED.to_owned(), now));
-        let rooms: Vec<&str> = fields[..fields.len() - 1]
+        let fields: Vec<(&str, i64)> = rooms
             .iter()
-            .map(|(room, _)| room.as_str())
+            .map(|(room, n)| (room.as_str(), i64::from(*n)))
             .collect();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&online_key)
-            .ignore()
-            .hset_multiple(&online_key, &fields)
-            .ignore()
-            .expire(&online_key, ttl)
-            .ignore()
-            .zadd(&servers_key, server, now)
-            .ignore();
-        self.route(&mut pipe, server, &rooms, now);
+        pipe.atomic().del(&online_key).ignore();
+        if !fields.is_empty() {
+            pipe.hset_multiple(&online_key, &fields).ignore();
+        }
+        self.reported(&mut pipe, server, now);
+        self.route(&mut pipe, server, rooms.keys(), now);
         self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
             .await
     }
@@ -357,27 +366,20 @@ impl SessionStore for RedisStore {
         server: &str,
         rooms: HashMap<String, i32>,
     ) -> Result<(), StoreError> {
-        let (online_key, servers_key) = (self.online_key(server), self.servers_key());
+        let online_key = self.online_key(server);
         let now = unix_ms();
-        let ttl = self.online_ttl.as_secs().max(1) as i64;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut members = Vec::new();
         for (room, count) in &rooms {
             if *count > 0 {
                 pipe.hset(&online_key, room, i64::from(*count)).ignore();
-                members.push(room.as_str());
             } else {
                 pipe.hdel(&online_key, room).ignore();
             }
         }
-        pipe.hset(&online_key, UPDATED, now)
-            .ignore()
-            .expire(&online_key, ttl)
-            .ignore()
-            .zadd(&servers_key, server, now)
-            .ignore();
-        self.route(&mut pipe, server, &members, now);
+        self.reported(&mut pipe, server, now);
+        let members = rooms.iter().filter(|(_, count)| **count > 0);
+        self.route(&mut pipe, server, members.map(|(room, _)| room), now);
         self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
             .await
     }
@@ -411,9 +413,8 @@ impl SessionStore for RedisStore {
         if rooms.is_empty() {
             return Ok(());
         }
-        let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
         let mut pipe = redis::pipe();
-        self.route(&mut pipe, server, &rooms, unix_ms());
+        self.route(&mut pipe, server, rooms, unix_ms());
         self.run(async |mut conn| pipe.query_async::<()>(&mut conn).await)
             .await
     }

@@ -66,12 +66,6 @@ impl Rooms {
         &self.joined
     }
 
-    /// Forgets every room here (the connection is closing; its bucket
-    /// forgets it on its own).
-    pub(super) fn leave_all(&mut self) {
-        self.joined.clear();
-    }
-
     /// Whether the token limits what may be joined.
     pub(super) fn restricts(&self) -> bool {
         !self.allow.is_empty()
@@ -147,8 +141,17 @@ impl Session {
         }
     }
 
+    /// Stops every count this connection asked for (it is closing).
+    pub(super) fn stop_counts(&mut self) {
+        if let Some(rooms) = self.rooms.as_mut() {
+            for room in rooms.counted.drain(..) {
+                self.ctx.counts.unwatch(room, self.id);
+            }
+        }
+    }
+
     /// Stops the counts of the rooms this connection is no longer in.
-    pub(super) fn uncount(&mut self) {
+    fn uncount(&mut self) {
         let Some(rooms) = self.rooms.as_mut() else {
             return;
         };
